@@ -13,3 +13,7 @@ CLASS_NAMES = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
 NUM_CLASSES = len(CLASS_NAMES)
 
 __all__ = ["IdealInputError", "CLASS_NAMES", "NUM_CLASSES", "__version__"]
+
+# Subpackages are imported eagerly so bundle configs can write ``$ideal_monai.data....`` after a
+# plain ``$import ideal_monai``.
+from . import data, engines, evaluation, handlers, losses, networks, transforms, utils  # noqa: E402,F401

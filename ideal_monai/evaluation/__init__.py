@@ -1,0 +1,31 @@
+"""Evaluation: per-volume DSC / HD95 / ASD in mm, summaries, reports and overlay figures.
+
+See :mod:`ideal_monai.evaluation.metrics` for the empty-mask convention (``CONVENTION``).
+"""
+
+from .metrics import (
+    CONVENTION,
+    DEFAULT_CLASS_NAMES,
+    FAILURE_STATUSES,
+    STATUSES,
+    compute_case_metrics,
+    evaluate_folders,
+    summarize,
+)
+from .overlays import save_overlay_png, save_training_curves_png, select_slices
+from .report import CSV_COLUMNS, write_report
+
+__all__ = [
+    "CONVENTION",
+    "CSV_COLUMNS",
+    "DEFAULT_CLASS_NAMES",
+    "FAILURE_STATUSES",
+    "STATUSES",
+    "compute_case_metrics",
+    "evaluate_folders",
+    "save_overlay_png",
+    "save_training_curves_png",
+    "select_slices",
+    "summarize",
+    "write_report",
+]

@@ -1,0 +1,146 @@
+"""Find the cases in a dataset folder.
+
+A *case* is one 3D volume, as a MONAI-style dict::
+
+    {"image": Path, "label": Path (only when labeled), "case_id": "patient001_frame01",
+     "patient_id": "patient001", "frame": int (only for one frame of a 4D cine file)}
+
+Layouts recognised (checked in this order):
+
+1. a single image file;
+2. a Decathlon-style ``dataset.json`` (``training`` image/label pairs, optional ``test`` images);
+3. ``imagesTr/`` (+ ``labelsTr/`` with the same file names, or nnU-Net ``_0000`` image names);
+4. the ACDC layout: ``patientXXX/patientXXX_frameYY.nii.gz`` with optional ``..._gt.nii.gz``, and
+   optional ``patientXXX_4d.nii.gz`` cine files whose frames become extra unlabeled cases;
+5. a plain folder of images (``X_gt.nii.gz`` beside ``X.nii.gz`` is taken as its label).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..errors import IdealInputError
+from .io import image_suffix, read_shape, strip_image_suffix
+
+_ACDC_FRAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
+_CINE = re.compile(r"^(?P<patient>.+)_4d$")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (sorted; hidden and temporary files skipped)."""
+    return sorted(p for p in folder.iterdir() if image_suffix(p) and not p.name.startswith("."))
+
+
+def _cine_cases(path: Path, patient_id: str) -> list[dict]:
+    shape = read_shape(path)
+    if len(shape) != 4:
+        raise IdealInputError(path, f"named as a 4D cine file but has shape {shape}")
+    return [
+        {"image": path, "case_id": f"{patient_id}_4d_t{t:02d}", "patient_id": patient_id, "frame": t}
+        for t in range(shape[3])
+    ]
+
+
+def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
+    files = _image_files(folder)
+    names = {strip_image_suffix(p): p for p in files}
+    cases = []
+    for stem, path in names.items():
+        if stem.endswith("_gt"):
+            continue
+        frame_match, cine_match = _ACDC_FRAME.match(stem), _CINE.match(stem)
+        if cine_match:
+            if include_cine:
+                cases += _cine_cases(path, cine_match["patient"])
+            continue
+        patient = frame_match["patient"] if frame_match else stem
+        case = {"image": path, "case_id": stem, "patient_id": patient}
+        if f"{stem}_gt" in names:
+            case["label"] = names[f"{stem}_gt"]
+        cases.append(case)
+    return cases
+
+
+def _decathlon_json(root: Path) -> list[dict]:
+    spec_path = root / "dataset.json"
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IdealInputError(spec_path, f"cannot be parsed as JSON: {e}") from None
+    if not isinstance(spec, dict) or "training" not in spec:
+        raise IdealInputError(spec_path, "has no 'training' list")
+
+    def resolve(rel: str, what: str) -> Path:
+        path = (root / rel).resolve() if not os.path.isabs(rel) else Path(rel)
+        if not path.exists():
+            raise IdealInputError(spec_path, f"{what} {rel} does not exist")
+        return path
+
+    cases = []
+    for entry in spec.get("training", []):
+        if not isinstance(entry, dict) or "image" not in entry:
+            raise IdealInputError(spec_path, f"training entry without 'image': {entry!r}"[:200])
+        image = resolve(entry["image"], "image")
+        case = {"image": image, "case_id": strip_image_suffix(image), "patient_id": strip_image_suffix(image)}
+        if entry.get("label"):
+            case["label"] = resolve(entry["label"], "label")
+        cases.append(case)
+    for entry in spec.get("test", []):
+        image = resolve(entry["image"] if isinstance(entry, dict) else entry, "test image")
+        cases.append({"image": image, "case_id": strip_image_suffix(image), "patient_id": strip_image_suffix(image)})
+    return cases
+
+
+def _images_tr(root: Path) -> list[dict]:
+    labels_dir = root / "labelsTr"
+    labels = {strip_image_suffix(p): p for p in _image_files(labels_dir)} if labels_dir.is_dir() else {}
+    cases = []
+    for folder in ("imagesTr", "imagesTs"):
+        if not (root / folder).is_dir():
+            continue
+        for path in _image_files(root / folder):
+            stem = strip_image_suffix(path)
+            case_id = stem[:-5] if re.search(r"_\d{4}$", stem) else stem  # nnU-Net channel suffix
+            case = {"image": path, "case_id": case_id, "patient_id": case_id}
+            label = labels.get(stem) or labels.get(case_id)
+            if folder == "imagesTr" and label is not None:
+                case["label"] = label
+            cases.append(case)
+    return cases
+
+
+def discover_cases(root: str | os.PathLike, *, include_cine: bool = True) -> list[dict]:
+    """List the cases under ``root`` (see the module docstring for layouts).
+
+    Raises:
+        IdealInputError: the folder is missing or empty, a listed file is missing, or two cases
+            share a case id.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise IdealInputError(root, "dataset path does not exist")
+    if root.is_file():
+        if image_suffix(root) is None:
+            raise IdealInputError(root, "is not a supported image file (.nii, .nii.gz, .mha, .nrrd)")
+        cases = [{"image": root, "case_id": strip_image_suffix(root), "patient_id": strip_image_suffix(root)}]
+    elif (root / "dataset.json").is_file():
+        cases = _decathlon_json(root)
+    elif (root / "imagesTr").is_dir():
+        cases = _images_tr(root)
+    else:
+        cases = []
+        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for sub in subdirs:  # ACDC: one folder per patient
+            cases += _plain_folder(sub, include_cine)
+        cases += _plain_folder(root, include_cine)
+    if not cases:
+        raise IdealInputError(root, "contains no images (.nii, .nii.gz, .mha, .nrrd) in a known layout")
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case["case_id"] in seen:
+            raise IdealInputError(case["image"], f"duplicate case id {case['case_id']!r} (also {seen[case['case_id']]})")
+        seen[case["case_id"]] = case["image"]
+    return cases

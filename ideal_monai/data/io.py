@@ -1,0 +1,225 @@
+"""Reading and writing volumes, with the validation every entry point relies on.
+
+All reads go through :func:`load_volume`, which returns a channel-first ``MetaTensor``
+``(1, X, Y, Z)`` carrying the affine (RAS, as MONAI's ``NibabelReader`` gives it) so MONAI's
+invertible transforms and ``Invertd`` can bring predictions back to the input grid. Problems are
+raised as :class:`~ideal_monai.errors.IdealInputError` naming the file.
+
+The short-axis slice axis is the LAST array axis (``Z``), as in ACDC.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage
+
+from ..errors import IdealInputError
+from ..utils.atomic import atomic_path
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+
+#: The label values of the ACDC convention: 0 background, 1 RV, 2 MYO, 3 LV.
+LABEL_VALUES = (0, 1, 2, 3)
+#: Refuse volumes larger than this many voxels per 3D frame (~1 GiB as float32): bounded memory.
+MAX_VOXELS_PER_FRAME = 256 * 1024 * 1024
+#: Absolute tolerance on affine entries when an image and its label must share a grid.
+AFFINE_ATOL = 1e-3
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The recognised image suffix of ``path`` (``".nii.gz"``, ``".mha"``...), or None."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def strip_image_suffix(path: str | os.PathLike) -> str:
+    """File name without its image suffix: ``patient001_frame01.nii.gz`` -> ``patient001_frame01``."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise IdealInputError(path, "file does not exist")
+    if path.is_dir():
+        raise IdealInputError(path, "is a directory, expected an image file")
+    if path.stat().st_size == 0:
+        raise IdealInputError(path, "file is empty")
+    if image_suffix(path) is None:
+        raise IdealInputError(path, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def read_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """Array shape from the header alone (cheap; used to count slices and cine frames)."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        if image_suffix(path) in NIFTI_SUFFIXES:
+            return tuple(int(s) for s in nib.load(str(path)).shape)
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        return tuple(int(s) for s in reader.GetSize())
+    except IdealInputError:
+        raise
+    except Exception as e:  # nibabel/ITK raise many types for corrupt headers
+        raise IdealInputError(path, f"cannot be read as an image ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+
+
+def _load_sitk(path: Path) -> MetaTensor:
+    """Read an ITK-family file with SimpleITK; convert its LPS geometry to a RAS affine."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        raise IdealInputError(path, "multi-component (vector/RGB) images are not supported")
+    # SimpleITK arrays are (Z, Y, X) or (T, Z, Y, X); reverse to the (X, Y, Z[, T]) of NIfTI.
+    arr = sitk.GetArrayFromImage(img)
+    arr = np.transpose(arr, tuple(range(arr.ndim - 1, -1, -1)))
+    ndim = img.GetDimension()
+    direction = np.array(img.GetDirection()).reshape(ndim, ndim)[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.array(img.GetSpacing())[None, :3]
+    affine[:3, 3] = img.GetOrigin()[:3]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+    meta = {
+        "affine": torch.as_tensor(affine, dtype=torch.float64),
+        "original_affine": affine,
+        "spatial_shape": np.array(arr.shape[:3]),
+        "filename_or_obj": str(path),
+        "space": "RAS",
+    }
+    return MetaTensor(torch.as_tensor(np.ascontiguousarray(arr)), meta=meta)
+
+
+def _read_raw(path: Path) -> MetaTensor:
+    """The file's array ``(X, Y, Z[, T])`` as a MetaTensor with RAS affine, no channel dim."""
+    try:
+        if image_suffix(path) in NIFTI_SUFFIXES:
+            return LoadImage(reader="NibabelReader", image_only=True, dtype=None)(str(path))
+        return _load_sitk(path)
+    except IdealInputError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {msg}") from None
+
+
+def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int | None = None) -> MetaTensor:
+    """Load and validate one volume as a channel-first ``MetaTensor`` of shape ``(1, X, Y, Z)``.
+
+    Args:
+        path: NIfTI (``.nii``/``.nii.gz``) or SimpleITK-readable file (``.mha``, ``.nrrd``...).
+        is_label: validate as a label map (integer values in ``{0, 1, 2, 3}``), returned as uint8.
+        frame: for a 4D cine file ``(X, Y, Z, T)``, the frame to take. A 4D file without ``frame``
+            is an error (callers expand cine files into frames, see :mod:`ideal_monai.data.discovery`).
+
+    Images are returned as float32; NaN/Inf intensities, non-3D/4D arrays, zero-length axes and
+    volumes over :data:`MAX_VOXELS_PER_FRAME` are refused with a one-line error naming the file.
+    """
+    path = Path(path)
+    shape = read_shape(path)
+    if len(shape) not in (3, 4):
+        raise IdealInputError(path, f"expected a 3D volume (X, Y, Z) or 4D cine (X, Y, Z, T), got {len(shape)}D shape {shape}")
+    if min(shape) == 0:
+        raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
+    if int(np.prod(shape[:3])) > MAX_VOXELS_PER_FRAME:
+        raise IdealInputError(path, f"is too large to process ({shape[:3]}, over {MAX_VOXELS_PER_FRAME} voxels per frame)")
+    if len(shape) == 4 and frame is None:
+        raise IdealInputError(path, f"is a 4D cine volume {shape}; pass a frame index")
+    if len(shape) == 3 and frame not in (None, 0):
+        raise IdealInputError(path, f"is 3D but frame {frame} was requested")
+    if len(shape) == 4 and not 0 <= frame < shape[3]:
+        raise IdealInputError(path, f"frame {frame} out of range for {shape[3]} cine frames")
+
+    raw = _read_raw(path)
+    if raw.ndim == 4:
+        raw = raw[..., frame]
+    if tuple(raw.shape) != tuple(shape[:3]):
+        raise IdealInputError(path, f"unexpected array shape {tuple(raw.shape)} (header says {shape})")
+    data = raw.as_tensor() if isinstance(raw, MetaTensor) else torch.as_tensor(raw)
+    meta = dict(raw.meta) if isinstance(raw, MetaTensor) else {}
+    meta["filename_or_obj"] = str(path)
+    meta["spatial_shape"] = np.array(data.shape)
+    if frame is not None:
+        meta["frame"] = frame
+
+    if is_label:
+        data = _validate_label(path, data)
+    else:
+        data = data.to(torch.float32)
+        if not torch.isfinite(data).all():
+            n_bad = int((~torch.isfinite(data)).sum())
+            raise IdealInputError(path, f"contains {n_bad} NaN/Inf intensity values")
+        if data.numel() > 0 and bool(data.max() == data.min()):
+            raise IdealInputError(path, f"is a constant image (every voxel = {float(data.max()):g}): nothing to segment")
+    return MetaTensor(data[None], meta=meta)
+
+
+def _validate_label(path: Path, data: torch.Tensor) -> torch.Tensor:
+    """Check that a label map holds integer values in LABEL_VALUES; return it as uint8."""
+    if data.is_floating_point():
+        if not torch.isfinite(data).all():
+            raise IdealInputError(path, "label map contains NaN/Inf values")
+        if not torch.equal(data, torch.round(data)):
+            raise IdealInputError(path, "label map has non-integer values; expected integer classes 0-3")
+    values = torch.unique(data.to(torch.int64)).tolist()
+    bad = sorted(v for v in values if v not in LABEL_VALUES)
+    if bad:
+        raise IdealInputError(path, f"label values outside {{0,1,2,3}} (0 bg, 1 RV, 2 MYO, 3 LV): {bad[:5]}")
+    return data.to(torch.uint8)
+
+
+def check_same_grid(image: MetaTensor, label: MetaTensor) -> None:
+    """Raise when a label's shape or affine differs from its image's (beyond ``AFFINE_ATOL``)."""
+    label_path = label.meta.get("filename_or_obj", "label")
+    image_path = image.meta.get("filename_or_obj", "image")
+    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        raise IdealInputError(
+            label_path, f"label shape {tuple(label.shape[1:])} differs from image {Path(image_path).name} shape {tuple(image.shape[1:])}"
+        )
+    a_img = np.asarray(image.affine, dtype=np.float64)
+    a_lbl = np.asarray(label.affine, dtype=np.float64)
+    if not np.allclose(a_img, a_lbl, atol=AFFINE_ATOL, rtol=0):
+        diff = float(np.abs(a_img - a_lbl).max())
+        raise IdealInputError(label_path, f"label affine differs from image {Path(image_path).name} affine (max abs difference {diff:.4g})")
+
+
+def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLike, target: str | os.PathLike,
+                    dtype=np.uint8) -> Path:
+    """Write ``label`` ``(X, Y, Z[, T])`` as NIfTI with the reference file's exact grid, atomically.
+
+    The affine and header of ``reference`` (any supported format) are reused, so the output has the
+    same shape, affine and orientation as the input; the data type is set to ``dtype``.
+    """
+    reference, target = Path(reference), Path(target)
+    arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+    arr = arr.astype(dtype, copy=False)
+    if image_suffix(reference) in NIFTI_SUFFIXES:
+        ref = nib.load(str(reference))
+        if tuple(arr.shape) != tuple(ref.shape):
+            raise ValueError(f"label shape {arr.shape} != reference {reference} shape {ref.shape}")
+        header = ref.header.copy()
+        header.set_data_dtype(dtype)
+        header["scl_slope"], header["scl_inter"] = 1.0, 0.0
+        img = nib.Nifti1Image(arr, ref.affine, header)
+    else:
+        affine = np.asarray(_load_sitk(reference).meta["original_affine"])
+        img = nib.Nifti1Image(arr, affine)
+    with atomic_path(target, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+    return target

@@ -1,0 +1,120 @@
+"""MONAI dictionary transforms for loading and preprocessing cardiac volumes.
+
+Volume pipeline (3D, channel-first ``(1, X, Y, Z)``; ``Z`` is the short-axis slice axis)::
+
+    LoadCased -> ScaleIntensityRangePercentilesd (1st-99th percentile -> 0..1, per volume)
+              -> [Spacingd to (s, s, keep) in-plane]  (only when ``target_spacing`` is set)
+              -> ResizeWithPadOrCropd to (P, P, keep)
+
+Every step after loading is a MONAI invertible transform, so ``Invertd`` maps predictions back
+to the input's exact grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    RandAffined,
+    RandFlipd,
+    ResizeWithPadOrCropd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+from .io import check_same_grid, load_volume
+
+
+class LoadCased(MapTransform):
+    """Load and validate a case's image (and label, when present) as ``(1, X, Y, Z)`` MetaTensors.
+
+    Uses :func:`ideal_monai.data.io.load_volume`, so corrupt files, NaN/Inf, bad label values and
+    image/label grid mismatches fail with a one-line :class:`IdealInputError` naming the file.
+    A ``"frame"`` entry in the dict selects one frame of a 4D cine file.
+
+    Args:
+        keys: the image key first, then optional label keys.
+        label_keys: which of ``keys`` are label maps.
+    """
+
+    def __init__(self, keys: KeysCollection = ("image", "label"), label_keys: KeysCollection = ("label",),
+                 allow_missing_keys: bool = True):
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = set(label_keys if isinstance(label_keys, (list, tuple)) else [label_keys])
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        frame = d.get("frame")
+        image_key = None
+        for key in self.key_iterator(d):
+            is_label = key in self.label_keys
+            d[key] = load_volume(d[key], is_label=is_label, frame=None if is_label else frame)
+            if not is_label and image_key is None:
+                image_key = key
+            elif is_label and image_key is not None:
+                check_same_grid(d[image_key], d[key])
+        return d
+
+
+def volume_preprocessing(
+    keys: Sequence[str] = ("image", "label"),
+    patch_size: Sequence[int] = (256, 256),
+    target_spacing: Sequence[float] | None = None,
+    percentiles: Sequence[float] = (1.0, 99.0),
+    load: bool = True,
+) -> Compose:
+    """The deterministic, invertible 3D preprocessing shared by training, validation and inference.
+
+    Args:
+        keys: image key first; the others are label keys (nearest-neighbour resampling).
+        patch_size: in-plane size ``(P, P)`` every slice is padded/cropped to (centred).
+        target_spacing: in-plane spacing ``(sx, sy)`` in the affine's units to resample to, or
+            None to keep the input's grid (e.g. ACDC here, whose files carry no real spacing).
+        percentiles: robust intensity window, mapped to 0..1 and clipped.
+        load: start with :class:`LoadCased` (False when the dict already holds tensors).
+
+    Returns:
+        A ``Compose`` producing ``(1, P', P', Z)`` tensors (``P'`` = patch size).
+    """
+    keys = list(keys)
+    image_key, label_keys = keys[0], keys[1:]
+    transforms = []
+    if load:
+        transforms.append(LoadCased(keys, label_keys=label_keys, allow_missing_keys=True))
+    transforms.append(
+        ScaleIntensityRangePercentilesd(image_key, lower=percentiles[0], upper=percentiles[1], b_min=0.0, b_max=1.0,
+                                        clip=True)
+    )
+    if target_spacing is not None:
+        transforms.append(
+            Spacingd(keys, pixdim=(float(target_spacing[0]), float(target_spacing[1]), -1.0),
+                     mode=["bilinear"] + ["nearest"] * len(label_keys), allow_missing_keys=True)
+        )
+    transforms.append(ResizeWithPadOrCropd(keys, spatial_size=(int(patch_size[0]), int(patch_size[1]), -1),
+                                           allow_missing_keys=True))
+    transforms.append(EnsureTyped(image_key, dtype="float32", track_meta=True))
+    return Compose(transforms)
+
+
+def slice_augmentation(
+    keys: Sequence[str] = ("image", "label"),
+    prob: float = 0.5,
+    rotate_deg: float = 20.0,
+    scale: float = 0.15,
+) -> Compose:
+    """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation and scaling.
+
+    Labels are resampled with nearest neighbour.
+    """
+    keys = list(keys)
+    modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
+    return Compose([
+        RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True),
+        RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
+        RandAffined(keys, prob=prob, rotate_range=(rotate_deg * 3.14159265 / 180.0,), scale_range=(scale, scale),
+                    mode=modes, padding_mode="zeros", allow_missing_keys=True),
+    ])

@@ -1,0 +1,34 @@
+"""Small helpers shared by the trainers."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from ignite.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+
+def check_finite(engine: Engine, loss: torch.Tensor) -> bool:
+    """True when ``loss`` is finite. Otherwise apply ``engine.nonfinite``: ``"skip"`` logs and returns
+    False (the batch is dropped); ``"stop"`` raises ``FloatingPointError`` so training ends before a
+    bad step reaches the weights, leaving the last good checkpoint in place."""
+    if bool(torch.isfinite(loss.detach()).all()):
+        return True
+    msg = f"non-finite loss ({float(loss.detach()):g}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+    if getattr(engine, "nonfinite", "stop") == "skip":
+        engine.state.skipped_batches = getattr(engine.state, "skipped_batches", 0) + 1
+        logger.warning("%s: batch skipped", msg)
+        return False
+    raise FloatingPointError(f"{msg}; training stopped, the last checkpoint is kept (lower the learning rate, or set nonfinite='skip')")
+
+
+def loss_terms(output: dict) -> dict[str, float]:
+    """The scalar loss terms of a trainer's ``engine.state.output`` (for Stats/TensorBoard handlers)."""
+    return {k: float(v) for k, v in output.items() if k.startswith("loss") or k == "lambda"}
+
+
+def first_loss(output: dict) -> float:
+    """``output["loss"]`` as a float (the ``output_transform`` of StatsHandler/progress bars)."""
+    return float(output["loss"])

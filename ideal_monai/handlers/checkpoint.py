@@ -1,0 +1,164 @@
+"""Crash-safe checkpoints: atomic model exports and a resumable full training checkpoint.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a kill during a save can leave a
+truncated ``model.pt``. These handlers write to a temporary file and rename it, and load with
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from ..errors import IdealInputError
+from ..utils.atomic import atomic_save_torch
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or itself)."""
+    return module.module if hasattr(module, "module") and isinstance(
+        module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else module
+
+
+def _is_rank0() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` with a one-line error for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise IdealInputError(path, "checkpoint file does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise IdealInputError(path, f"checkpoint is corrupt or truncated ({str(e).splitlines()[0][:100]})") from None
+    except Exception as e:  # weights_only refuses pickled code objects
+        raise IdealInputError(path, f"checkpoint cannot be loaded safely ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise IdealInputError(path, f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+    return obj
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: dict, path: str | os.PathLike, strict: bool = True) -> None:
+    """``module.load_state_dict(state)`` turning key/shape mismatches into a one-line error."""
+    try:
+        unwrap(module).load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise IdealInputError(path, f"checkpoint does not match the network: {detail[:200]}") from None
+
+
+class ModelSaver:
+    """Save ``network``'s flat state_dict atomically (DDP unwrapped, rank 0 only).
+
+    Args:
+        save_dir: output folder (created).
+        network: the module to save.
+        filename: file name inside ``save_dir`` (e.g. ``model.pt``).
+        when: ``"completed"`` (end of run), ``"epoch"`` (every epoch end, also the end of run), or
+            ``"best"`` (attach to an evaluator: saves when its key metric improved this epoch).
+    """
+
+    def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt",
+                 when: str = "completed"):
+        if when not in ("completed", "epoch", "best"):
+            raise ValueError(f"when must be 'completed', 'epoch' or 'best', got {when!r}")
+        self.path = Path(save_dir) / filename
+        self.network = network
+        self.when = when
+
+    def attach(self, engine: Engine) -> None:
+        if self.when == "best":
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
+            return
+        if self.when == "epoch":
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _save_if_best(self, engine: Engine) -> None:
+        if getattr(engine.state, "best_metric_epoch", -1) == engine.state.epoch:
+            self.save(engine)
+
+    def save(self, engine: Engine | None = None) -> None:
+        if not _is_rank0():
+            return
+        state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
+        atomic_save_torch(state, self.path)
+        logger.info("saved %s", self.path)
+
+
+class TrainingCheckpoint:
+    """Resumable full training checkpoint, saved atomically at every epoch end.
+
+    At ``Events.STARTED`` it loads ``path`` when present (weights, optimizer, scheduler, iteration,
+    epoch and RNG states) so re-running an interrupted command continues where it stopped. The
+    configured ``max_epochs`` wins over the stored one, so a finished run can be extended.
+
+    Args:
+        path: the checkpoint file (e.g. ``models/finetune_checkpoint.pt``).
+        save_dict: name -> object with ``state_dict()``/``load_state_dict()`` (network,
+            optimizer, lr_scheduler...). DDP-wrapped networks are unwrapped.
+        save_interval: epochs between saves.
+        resume: load an existing checkpoint at start (False: ignore it and overwrite).
+    """
+
+    def __init__(self, path: str | os.PathLike, save_dict: dict[str, Any], save_interval: int = 1, resume: bool = True):
+        self.path = Path(path)
+        self.save_dict = save_dict
+        self.save_interval = max(1, int(save_interval))
+        self.resume = resume
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def save(self, engine: Engine) -> None:
+        if not _is_rank0():
+            return
+        state = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
+                 for name, obj in self.save_dict.items()}
+        state["engine"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        state["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": torch.tensor(np.random.get_state()[2]),
+            "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        }
+        atomic_save_torch(state, self.path)
+
+    def load(self, engine: Engine) -> None:
+        if not (self.resume and self.path.exists()):
+            return
+        state = load_checkpoint_file(self.path)
+        missing = [name for name in self.save_dict if name not in state]
+        if missing or "engine" not in state:
+            raise IdealInputError(self.path, f"checkpoint lacks entries {missing or ['engine']}; was it written by another run?")
+        for name, obj in self.save_dict.items():
+            if isinstance(obj, torch.nn.Module):
+                load_state_dict_checked(obj, state[name], self.path)
+            else:
+                try:
+                    obj.load_state_dict(state[name])
+                except (ValueError, KeyError, RuntimeError) as e:
+                    raise IdealInputError(self.path, f"cannot restore {name!r}: {str(e).splitlines()[0][:120]}") from None
+        engine.state.epoch = int(state["engine"]["epoch"])
+        engine.state.iteration = int(state["engine"]["iteration"])
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), int(rng["numpy_pos"])))
+            random.setstate((3, tuple(int(v) for v in rng["python"].tolist()), None))
+        logger.info("resumed from %s at epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)

@@ -1,0 +1,210 @@
+"""Dense local contrastive loss (IDEAL pre-training, METHOD.md section 3), exact and memory-lean.
+
+For unit feature vectors q_i (query view) and k_n (key view) of a batch of B maps with S = H*W
+locations each, N = B*S, and the known correspondence j(i) of query location i in the key view:
+
+    L = mean over valid i of  -log( exp(q_i . k_j(i) / tau) / sum_{n=1..N} exp(q_i . k_n / tau) )
+
+i.e. cross-entropy over *all* key locations of *all* images in the batch with the matched one as
+the target. Written naively this needs the (N, N) similarity matrix in forward and two more of
+that size in backward (N = 65,536 -> 16 GiB each in float32). :class:`_ChunkedDenseInfoNCE`
+instead streams over query chunks and recomputes each chunk's logits in backward, so memory is
+O(N * C + chunk * N) while the result is the same cross-entropy (to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.loss import _Loss
+
+__all__ = ["DenseLocalContrastiveLoss", "dense_info_nce", "auto_chunk_size"]
+
+#: Upper bound on one chunk's ``(chunk, N)`` logits block when the chunk is picked automatically.
+CHUNK_BYTES = 64 * 2**20
+
+
+def auto_chunk_size(num_keys: int, dtype: torch.dtype, budget_bytes: int = CHUNK_BYTES) -> int:
+    """Largest number of query rows whose ``(rows, num_keys)`` logits block fits in ``budget_bytes``."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1, budget_bytes // (max(num_keys, 1) * itemsize))
+
+
+class _ChunkedDenseInfoNCE(torch.autograd.Function):
+    """Per-query InfoNCE over all keys without ever holding the full similarity matrix.
+
+    Inputs are already L2-normalised and flattened, and restricted to the valid queries:
+
+    - ``q``: ``(M, C)`` query vectors (M = number of queries that have a correspondence).
+    - ``k``: ``(N, C)`` key vectors, every location of every image (all are candidates).
+    - ``target``: ``(M,)`` long, index into ``k`` of each query's positive.
+
+    Output: ``(M,)`` per-query losses ``logsumexp_n(q.k_n / tau) - q.k_target / tau``.
+
+    Only ``q / tau``, ``k``, ``target`` and the per-query logsumexp are saved; backward rebuilds each
+    chunk's softmax P from them and forms ``dL/dlogits = g * (P - Y)``, which gives
+    ``dq = (P - Y) k * g / tau`` and ``dk += (P - Y)^T (g q / tau)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, target: torch.Tensor, temperature: float, chunk: int):
+        # autocast would silently run the matmuls in half precision; the logits / tau reach 1/tau in
+        # magnitude and the logsumexp over ~1e5 terms wants full precision, so run as given.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            qs = q / temperature  # scaling the (M, C) side once is cheaper than each (chunk, N) block
+            m = q.shape[0]
+            lse = q.new_empty(m)
+            pos = q.new_empty(m)
+            for start in range(0, m, chunk):
+                stop = min(start + chunk, m)
+                logits = torch.mm(qs[start:stop], k.t())  # (c, N), the only large buffer
+                pos[start:stop] = logits.gather(1, target[start:stop, None]).squeeze(1)
+                # in-place logsumexp: avoids torch.logsumexp's second (c, N) temporary
+                row_max = logits.amax(dim=1, keepdim=True)
+                lse[start:stop] = logits.sub_(row_max).exp_().sum(dim=1).log_().add_(row_max.squeeze(1))
+                del logits
+        ctx.save_for_backward(qs, k, target, lse)
+        ctx.temperature = temperature
+        ctx.chunk = chunk
+        return lse - pos
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        qs, k, target, lse = ctx.saved_tensors
+        need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_q or need_k):
+            return None, None, None, None, None
+        with torch.autocast(device_type=qs.device.type, enabled=False):
+            grad_loss = grad_loss.to(qs.dtype)
+            m = qs.shape[0]
+            dq = torch.empty_like(qs) if need_q else None
+            dk = torch.zeros_like(k) if need_k else None
+            for start in range(0, m, ctx.chunk):
+                stop = min(start + ctx.chunk, m)
+                qs_c = qs[start:stop]
+                g = grad_loss[start:stop, None]  # (c, 1)
+                # recompute the chunk's softmax in place: P = exp(logits - lse)
+                p = torch.mm(qs_c, k.t())
+                p.sub_(lse[start:stop, None]).exp_()
+                rows = torch.arange(stop - start, device=p.device)
+                p[rows, target[start:stop]] -= 1.0  # P - Y
+                # the upstream grad is a per-row scale; apply it to the thin (c, C) factors, not to P
+                if need_q:
+                    dq[start:stop] = torch.mm(p, k).mul_(g / ctx.temperature)
+                if need_k:
+                    dk.addmm_(p.t(), qs_c * g)
+                del p
+        return dq, dk, None, None, None
+
+
+def dense_info_nce(
+    q: torch.Tensor, k: torch.Tensor, target: torch.Tensor, temperature: float, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Per-query InfoNCE losses over all keys, chunked (see :class:`_ChunkedDenseInfoNCE`).
+
+    Args:
+        q: ``(M, C)`` unit query vectors.
+        k: ``(N, C)`` unit key vectors.
+        target: ``(M,)`` long index into ``k`` of each query's positive (all must be valid).
+        temperature: softmax temperature tau.
+        chunk_size: query rows per chunk; ``None`` picks :func:`auto_chunk_size`.
+
+    Returns:
+        ``(M,)`` losses, differentiable wrt ``q`` and ``k``.
+    """
+    chunk = auto_chunk_size(k.shape[0], k.dtype) if chunk_size is None else int(chunk_size)
+    return _ChunkedDenseInfoNCE.apply(q, k, target, float(temperature), chunk)
+
+
+class DenseLocalContrastiveLoss(_Loss):
+    """Dense local contrastive (InfoNCE) loss between corresponding locations of two views.
+
+    One direction (query -> key); the training step symmetrises by also calling it with the views
+    swapped. Each valid query location is classified among all ``B * S`` key locations of the batch
+    (S = number of spatial locations per map): its matched location is the positive, every other
+    location of the same image and every location of the other images are negatives.
+
+    Args:
+        temperature: softmax temperature tau (> 0).
+        chunk_size: query locations processed per chunk; ``None`` keeps each chunk's ``(chunk, B*S)``
+            logits block under ~64 MiB. Only memory and speed depend on it, not the value.
+        reduction: ``"mean"`` (over valid query locations), ``"sum"``, or ``"none"`` (``(B, *spatial)``
+            per-location losses, 0 where a location has no correspondence).
+    """
+
+    def __init__(self, temperature: float = 0.1, chunk_size: int | None = None, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f'reduction must be "mean", "sum" or "none", got {reduction!r}')
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+        self.temperature = float(temperature)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, match: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            query: ``(B, C, H, W)`` query-view projections (any number of spatial dims); not normalised.
+            key: key-view projections, same shape as ``query``.
+            match: ``(B, H, W)`` or ``(B, H*W)`` integer tensor; ``match[b, i]`` is the row-major flat
+                index into the key map of image ``b`` that query location ``i`` corresponds to, or -1
+                if it has none. ``None`` means the identity (location i <-> location i).
+
+        Returns:
+            scalar for ``"mean"`` / ``"sum"``; ``(B, *spatial)`` for ``"none"``. With no valid location
+            the result is zero but still attached to the graph, so ``backward()`` works.
+        """
+        if query.shape != key.shape:
+            raise ValueError(
+                f"query and key must have the same shape (B, C, H, W), got {tuple(query.shape)} and {tuple(key.shape)}"
+            )
+        if query.ndim < 3:
+            raise ValueError(f"expected (B, C, H, W) feature maps, got shape {tuple(query.shape)}")
+        b, c = query.shape[:2]
+        spatial = tuple(query.shape[2:])
+        s = math.prod(spatial)
+        target = self._global_targets(match, b, spatial, query.device)  # (B*S,)
+
+        # (B, C, *spatial) -> (B*S, C) unit vectors; normalisation stays in ordinary autograd
+        work_dtype = query.dtype if query.dtype in (torch.float32, torch.float64) else torch.float32
+        q = F.normalize(query.to(work_dtype).flatten(2).transpose(1, 2).reshape(b * s, c), dim=1)
+        k = F.normalize(key.to(work_dtype).flatten(2).transpose(1, 2).reshape(b * s, c), dim=1)
+
+        valid = (target >= 0).nonzero().squeeze(1)  # (M,)
+        if valid.numel() == 0:
+            zero = query.sum() * 0 + key.sum() * 0
+            return zero.expand(b, *spatial) if self.reduction == "none" else zero
+        if valid.numel() < b * s:
+            q, target = q[valid], target[valid]  # only queries with a positive cost compute
+        per_query = dense_info_nce(q, k, target, self.temperature, self.chunk_size)  # (M,)
+
+        if self.reduction == "mean":
+            return per_query.mean()
+        if self.reduction == "sum":
+            return per_query.sum()
+        return per_query.new_zeros(b * s).index_copy(0, valid, per_query).reshape(b, *spatial)
+
+    @staticmethod
+    def _global_targets(match: torch.Tensor | None, b: int, spatial: tuple, device: torch.device) -> torch.Tensor:
+        """Turn per-image key indices ``(B, ...)`` into indices into the batch's ``B*S`` keys (-1 kept)."""
+        s = math.prod(spatial)
+        offsets = torch.arange(b, device=device).mul_(s)[:, None]  # (B, 1): image b's keys start at b*S
+        if match is None:
+            return (torch.arange(s, device=device)[None, :] + offsets).reshape(-1)
+        if match.dtype.is_floating_point or match.dtype == torch.bool or match.is_complex():
+            raise ValueError(f"match must be an integer tensor, got dtype {match.dtype}")
+        if tuple(match.shape) not in ((b, *spatial), (b, s)):
+            raise ValueError(
+                f"match must have shape {(b, *spatial)} or {(b, s)} for features of spatial size {spatial}, "
+                f"got {tuple(match.shape)}"
+            )
+        match = match.to(device=device, dtype=torch.long).reshape(b, s)
+        if bool(((match < -1) | (match >= s)).any()):
+            raise ValueError(f"match values must be -1 or in [0, {s}), got range [{int(match.min())}, {int(match.max())}]")
+        return torch.where(match >= 0, match + offsets, match).reshape(-1)

@@ -1,0 +1,98 @@
+"""U-Net decoders for the two fine-tuning streams (METHOD.md 2).
+
+[paper: "two different decoder architectures", shared encoder]. Both are chains of MONAI's
+``UpCat`` blocks (upsample, concatenate the skip, ``TwoConv``) followed by a 1x1 conv to logits;
+they differ in how they upsample:
+
+- D1, ``upsample="deconv"``: a learned 2x2 stride-2 transposed conv (halving channels).
+- D2, ``upsample="nontrainable"``: a 1x1 conv (halving channels) then bilinear interpolation. The
+  1x1 conv and the interpolation are both linear and act on different axes, so this equals
+  "bilinear upsampling + conv" at a quarter of the cost.
+
+D1 can produce checkerboard patterns and sharper edges, D2 is smooth; their errors differ, which is
+what bidirectional consistency needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import List
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv
+from monai.networks.nets.basic_unet import UpCat
+
+from .encoder import DEFAULT_ACT, DEFAULT_FEATURES, DEFAULT_NORM
+
+__all__ = ["UNetDecoder", "UPSAMPLE_MODES"]
+
+#: Upsampling modes of MONAI's ``UpSample`` that this decoder supports.
+UPSAMPLE_MODES = ("deconv", "nontrainable", "pixelshuffle")
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder taking all skip features of :class:`~ideal_monai.networks.UNetEncoder`.
+
+    Level ``l`` (deep to shallow) upsamples by 2 to ``features[l-1]`` channels, concatenates
+    skip ``l-1`` and applies ``TwoConv``; a 1x1 conv maps the full-resolution ``features[0]``
+    channels to logits.
+
+    Args:
+        spatial_dims: 2 for the method.
+        features: the encoder's widths, shallow to deep (same tuple as the encoder's).
+        out_channels: number of classes.
+        upsample: ``"deconv"`` (D1), ``"nontrainable"`` (D2) or ``"pixelshuffle"``.
+        act, norm, bias, dropout: as for the encoder.
+        interp_mode: interpolation of the ``"nontrainable"`` mode; ``"linear"`` becomes bilinear in 2D.
+        align_corners: interpolation corner convention of the ``"nontrainable"`` mode.
+
+    Shapes: ``[(B, features[l], *spatial / 2**l) for l]`` -> logits ``(B, out_channels, *spatial)``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        features: Sequence[int] = DEFAULT_FEATURES,
+        out_channels: int = 4,
+        upsample: str = "deconv",
+        act: str | tuple = DEFAULT_ACT,
+        norm: str | tuple = DEFAULT_NORM,
+        bias: bool = False,
+        dropout: float | tuple = 0.0,
+        interp_mode: str = "linear",
+        align_corners: bool | None = False,
+    ):
+        super().__init__()
+        features = tuple(int(f) for f in features)
+        if len(features) < 2:
+            raise ValueError(f"UNetDecoder needs at least two levels, got features={features}.")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}.")
+        self.features = features
+        self.upsample = upsample
+        self.num_levels = len(features)
+        # ups[0] goes from the deepest level to the one above it; ups[-1] ends at full resolution.
+        self.ups = nn.ModuleList(
+            [
+                UpCat(spatial_dims, features[i], features[i - 1], features[i - 1], act, norm, bias, dropout,
+                      upsample=upsample, interp_mode=interp_mode, align_corners=align_corners)
+                for i in range(len(features) - 1, 0, -1)
+            ]
+        )
+        self.final_conv = Conv["conv", spatial_dims](features[0], out_channels, kernel_size=1)
+
+    def forward(self, skips: List[torch.Tensor]) -> torch.Tensor:
+        """
+        Args:
+            skips: encoder features, shallow to deep, as returned by ``UNetEncoder.forward``.
+
+        Returns:
+            logits ``(B, out_channels, *spatial)`` at the resolution of ``skips[0]``.
+        """
+        if len(skips) != self.num_levels:
+            raise ValueError(f"UNetDecoder expects {self.num_levels} skip features, got {len(skips)}.")
+        x = skips[-1]
+        for i, up in enumerate(self.ups):
+            x = up(x, skips[self.num_levels - 2 - i])
+        return self.final_conv(x)

@@ -1,0 +1,154 @@
+"""Time and peak memory of DenseLocalContrastiveLoss (chunked) vs a full-matrix reference, fwd + bwd.
+
+Each (size, method) runs in a fresh subprocess so that its peak RSS (``ru_maxrss``, a high-water
+mark that never goes down) belongs to that configuration alone. Peak extra memory = peak RSS minus
+the RSS after the inputs are allocated (on CUDA: ``max_memory_allocated`` minus the inputs).
+
+    python scripts/benchmark_dense_loss.py                       # N = 4096 16384 65536, C = 128, CPU
+    python scripts/benchmark_dense_loss.py --sizes 4096 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+MAP_SIDE = 64  # feature maps are (B, C, 64, 64); N = B * 64 * 64
+
+
+def reference_loss(query, key, target, tau):
+    """The obvious implementation: the full (N, N) logits and F.cross_entropy (ignore -1)."""
+    import torch.nn.functional as F
+
+    c = query.shape[1]
+    q = F.normalize(query, dim=1).flatten(2).transpose(1, 2).reshape(-1, c)
+    k = F.normalize(key, dim=1).flatten(2).transpose(1, 2).reshape(-1, c)
+    return F.cross_entropy((q / tau) @ k.t(), target, ignore_index=-1)  # scale the thin side, not N^2
+
+
+def worker(args) -> dict:
+    """Run one configuration in this process and return its measurements."""
+    import torch
+
+    from ideal_monai.losses import DenseLocalContrastiveLoss
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    b = args.n // (MAP_SIDE * MAP_SIDE)
+    s = MAP_SIDE * MAP_SIDE
+    gen = torch.Generator().manual_seed(0)
+    # correspondences as a geometric pipeline would give them: mostly valid, ~10% out of view
+    match = torch.randint(0, s, (b, s), generator=gen)
+    match[torch.rand(b, s, generator=gen) < 0.1] = -1
+    target = torch.where(match >= 0, match + torch.arange(b)[:, None] * s, match).reshape(-1).to(device)
+    match = match.to(device)
+    query = torch.randn(b, args.channels, MAP_SIDE, MAP_SIDE, generator=gen).to(device).requires_grad_(True)
+    key = torch.randn(b, args.channels, MAP_SIDE, MAP_SIDE, generator=gen).to(device).requires_grad_(True)
+
+    if args.method == "chunked":
+        loss_fn = DenseLocalContrastiveLoss(temperature=0.1, chunk_size=args.chunk_size)
+
+        def step():
+            return loss_fn(query, key, match)
+    else:
+
+        def step():
+            return reference_loss(query, key, target, 0.1)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # load kernels / thread pools on a tiny problem so the baseline excludes one-off setup
+    tiny = DenseLocalContrastiveLoss(chunk_size=8)
+    tiny(torch.randn(1, 4, 4, 4, device=device, requires_grad=True), torch.randn(1, 4, 4, 4, device=device)).backward()
+    sync()
+    if device.type == "cuda":
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    times = []
+    start_all = time.perf_counter()
+    while len(times) < args.repeats and (not times or time.perf_counter() - start_all < args.time_budget):
+        query.grad = key.grad = None
+        sync()
+        t0 = time.perf_counter()
+        loss = step()
+        loss.backward()
+        sync()
+        times.append(time.perf_counter() - t0)
+        value = loss.item()
+        del loss
+
+    if device.type == "cuda":
+        peak_extra = torch.cuda.max_memory_allocated() - base
+    else:
+        peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"n": args.n, "method": args.method, "times_s": times, "median_s": statistics.median(times),
+            "peak_extra_mib": peak_extra / 2**20, "loss": value}
+
+
+def reference_bytes(n: int) -> int:
+    """Rough peak of the reference: about four live (N, N) float32 buffers during fwd + bwd."""
+    return 4 * n * n * 4
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536], help="N = B*H*W (multiples of 4096)")
+    p.add_argument("--channels", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=None, help="default: automatic (~64 MiB logits per chunk)")
+    p.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per configuration (median reported)")
+    p.add_argument("--time-budget", type=float, default=60.0, help="stop repeating after this many seconds")
+    p.add_argument("--max-reference-gb", type=float, default=8.0, help="skip the reference when it would need more")
+    p.add_argument("--methods", nargs="+", default=["chunked", "reference"], choices=["chunked", "reference"])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method", default="chunked", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=4096, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    rows = []
+    for n in args.sizes:
+        if n % (MAP_SIDE * MAP_SIDE):
+            p.error(f"size {n} is not a multiple of {MAP_SIDE * MAP_SIDE}")
+        for method in args.methods:
+            if method == "reference" and reference_bytes(n) > args.max_reference_gb * 2**30:
+                print(f"N={n} reference: skipped, would need ~{reference_bytes(n) / 2**30:.0f} GiB "
+                      f"(> {args.max_reference_gb} GB)", file=sys.stderr)
+                rows.append({"n": n, "method": method, "skipped": reference_bytes(n) / 2**30})
+                continue
+            cmd = [sys.executable, __file__, "--worker", "--method", method, "--n", str(n),
+                   "--channels", str(args.channels), "--device", args.device, "--threads", str(args.threads),
+                   "--repeats", str(args.repeats), "--time-budget", str(args.time_budget)]
+            if args.chunk_size is not None:
+                cmd += ["--chunk-size", str(args.chunk_size)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
+
+    print(f"| N = B*H*W | method | fwd+bwd median (s) | runs | peak extra memory (MiB) | loss |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "skipped" in r:
+            print(f"| {r['n']:,} | {r['method']} | skipped (needs ~{r['skipped']:.0f} GiB) | - | - | - |")
+        else:
+            print(f"| {r['n']:,} | {r['method']} | {r['median_s']:.3f} | {len(r['times_s'])} | "
+                  f"{r['peak_extra_mib']:.0f} | {r['loss']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
