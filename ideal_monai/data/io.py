@@ -211,8 +211,8 @@ def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLi
     arr = arr.astype(dtype, copy=False)
     if image_suffix(reference) in NIFTI_SUFFIXES:
         ref = nib.load(str(reference))
-        if tuple(arr.shape) != tuple(ref.shape):
-            raise ValueError(f"label shape {arr.shape} != reference {reference} shape {ref.shape}")
+        if tuple(arr.shape[:3]) != tuple(ref.shape[:3]):  # extra axes (frames, classes) may follow
+            raise ValueError(f"output shape {arr.shape} does not fit reference {reference} shape {ref.shape}")
         header = ref.header.copy()
         header.set_data_dtype(dtype)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0

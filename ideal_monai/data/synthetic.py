@@ -175,9 +175,13 @@ def _as_seed_sequence(seed_or_rng: int | np.random.SeedSequence | np.random.Gene
         return seed_or_rng
     if isinstance(seed_or_rng, np.random.Generator):
         return np.random.SeedSequence(int(seed_or_rng.integers(0, 2**63)))
-    if isinstance(seed_or_rng, (int, np.integer)) and not isinstance(seed_or_rng, bool) and seed_or_rng >= 0:
+    if _is_int(seed_or_rng) and seed_or_rng >= 0:
         return np.random.SeedSequence(int(seed_or_rng))
     raise IdealInputError("seed", f"expected a non-negative int, SeedSequence or numpy Generator, got {seed_or_rng!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def _child(ss: np.random.SeedSequence, i: int) -> np.random.Generator:
@@ -289,10 +293,10 @@ def _background(p: _Params, f: _Frame, rng: np.random.Generator) -> np.ndarray:
     # Liver below-right, entering the apical slices.
     tissue[inner & f.ellipsoid(u(-75, -50), u(20, 45), apex_z + u(30, 50), u(70, 90), u(60, 80), u(50, 70), -warp)] = LIVER
     # Descending aorta beside the spine, vertebral body with cortical rim.
-    tissue[f.ellipsoid(u(-15, 5), u(60, 75), 0, 11.0, 11.0)] = AORTA
-    sx_, sy_, rv = u(-30, -15), u(95, 110), u(14, 18)
-    tissue[f.ellipsoid(sx_, sy_, 0, rv + 3, rv + 3)] = CORTEX
-    tissue[f.ellipsoid(sx_, sy_, 0, rv, rv)] = MARROW
+    tissue[inner & f.ellipsoid(u(-15, 5), u(60, 75), 0, 11.0, 11.0)] = AORTA
+    spine_x, spine_y, spine_r = u(-30, -15), u(95, 110), u(14, 18)
+    tissue[inner & f.ellipsoid(spine_x, spine_y, 0, spine_r + 3, spine_r + 3)] = CORTEX
+    tissue[inner & f.ellipsoid(spine_x, spine_y, 0, spine_r, spine_r)] = MARROW
     # A few random bright (fluid/fat) and dark (gas/bone) blobs inside the body.
     for _ in range(int(rng.integers(3, 7))):
         blob = f.ellipsoid(u(-120, 80), u(-60, 90), u(0, apex_z), u(6, 20), u(6, 20), u(8, 30), 2 * warp)
@@ -392,9 +396,9 @@ def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.nda
     x = np.linspace(-1, 1, h, dtype=np.float32)[:, None, None]
     y = np.linspace(-1, 1, w, dtype=np.float32)[None, :, None]
     t = np.linspace(-1, 1, z, dtype=np.float32)[None, None, :]
-    c = rng.normal(0.0, [0.25, 0.25, 0.15, 0.15, 0.15, 0.1])
+    c = rng.normal(0.0, [0.2, 0.2, 0.12, 0.12, 0.12, 0.1])
     log_b = c[0] * x + c[1] * y + c[2] * x * x + c[3] * y * y + c[4] * x * y + c[5] * t
-    return np.exp(np.clip(log_b, -0.7, 0.6)).astype(np.float32)
+    return np.exp(np.clip(log_b, -0.5, 0.5)).astype(np.float32)
 
 
 def _render(p: _Params, tissue: np.ndarray, trabecular: np.ndarray, texture: np.ndarray, bias: np.ndarray,
@@ -426,14 +430,14 @@ def generate_case(seed_or_rng: int | np.random.SeedSequence | np.random.Generato
     Returns:
         a :class:`SyntheticCase` with ``(H, W, Z)`` images/labels and optional ``(H, W, Z, T)`` cine.
     """
-    if shape is not None and (len(shape) != 2 or min(shape) < 64):
-        raise IdealInputError("shape", f"expected (H, W) with both at least 64, got {shape!r}")
-    if num_slices is not None and num_slices < 3:
-        raise IdealInputError("num_slices", f"need at least 3 slices (base, mid, apex), got {num_slices}")
-    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+    if shape is not None and (len(shape) != 2 or not all(_is_int(n) and n >= 64 for n in shape)):
+        raise IdealInputError("shape", f"expected (H, W) integers, both at least 64, got {shape!r}")
+    if num_slices is not None and not (_is_int(num_slices) and num_slices >= 3):
+        raise IdealInputError("num_slices", f"need an integer of at least 3 slices (base, mid, apex), got {num_slices!r}")
+    if spacing is not None and (len(spacing) != 3 or not all(float(v) > 0 for v in spacing)):
         raise IdealInputError("spacing", f"expected three positive mm values, got {spacing!r}")
-    if num_frames < 0 or num_frames == 1:
-        raise IdealInputError("num_frames", f"expected 0 (no cine) or at least 2 frames, got {num_frames}")
+    if not _is_int(num_frames) or num_frames < 0 or num_frames == 1:
+        raise IdealInputError("num_frames", f"expected 0 (no cine) or an integer of at least 2 frames, got {num_frames!r}")
     ss = _as_seed_sequence(seed_or_rng)
     # Independent streams: geometry, background, texture/bias, then noise per frame, so adding a cine
     # never changes the ED/ES arrays.
@@ -500,11 +504,11 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, num_cases: int = 20, 
             created or written.
     """
     output_dir = Path(output_dir)
-    if isinstance(num_cases, bool) or not isinstance(num_cases, (int, np.integer)) or num_cases < 1:
+    if not _is_int(num_cases) or num_cases < 1:
         raise IdealInputError(output_dir, f"num_cases must be a positive integer, got {num_cases!r}")
-    if with_cine and num_frames < 2:
+    if with_cine and not (_is_int(num_frames) and num_frames >= 2):
         raise IdealInputError(output_dir, f"num_frames must be at least 2 for a cine, got {num_frames}")
-    if first_id < 0:
+    if not _is_int(first_id) or first_id < 0:
         raise IdealInputError(output_dir, f"first_id must be non-negative, got {first_id}")
     root = _as_seed_sequence(seed)
     try:

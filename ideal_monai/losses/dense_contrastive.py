@@ -26,6 +26,9 @@ __all__ = ["DenseLocalContrastiveLoss", "dense_info_nce", "auto_chunk_size"]
 #: Upper bound on one chunk's ``(chunk, N)`` logits block when the chunk is picked automatically.
 CHUNK_BYTES = 64 * 2**20
 
+#: Largest ``x`` with ``exp(-x)`` comfortably a normal number, per dtype (float32: e^-87 ~ tiny).
+_SAFE_EXP_RANGE = {torch.float32: 80.0, torch.float64: 700.0}
+
 
 def auto_chunk_size(num_keys: int, dtype: torch.dtype, budget_bytes: int = CHUNK_BYTES) -> int:
     """Largest number of query rows whose ``(rows, num_keys)`` logits block fits in ``budget_bytes``."""
@@ -36,37 +39,53 @@ def auto_chunk_size(num_keys: int, dtype: torch.dtype, budget_bytes: int = CHUNK
 class _ChunkedDenseInfoNCE(torch.autograd.Function):
     """Per-query InfoNCE over all keys without ever holding the full similarity matrix.
 
-    Inputs are already L2-normalised and flattened, and restricted to the valid queries:
+    Inputs (float32 or float64, same device), already flattened and restricted to valid queries:
 
-    - ``q``: ``(M, C)`` query vectors (M = number of queries that have a correspondence).
+    - ``q``: ``(M, C)`` query vectors (unit length for the IDEAL loss; any length is computed exactly).
     - ``k``: ``(N, C)`` key vectors, every location of every image (all are candidates).
     - ``target``: ``(M,)`` long, index into ``k`` of each query's positive.
 
     Output: ``(M,)`` per-query losses ``logsumexp_n(q.k_n / tau) - q.k_target / tau``.
 
-    Only ``q / tau``, ``k``, ``target`` and the per-query logsumexp are saved; backward rebuilds each
-    chunk's softmax P from them and forms ``dL/dlogits = g * (P - Y)``, which gives
-    ``dq = (P - Y) k * g / tau`` and ``dk += (P - Y)^T (g q / tau)``.
+    Only ``[q / tau, -shift]``, ``[k, 1]``, ``target`` and the per-query logsumexp are saved
+    (O((M + N) C)); backward rebuilds each chunk's softmax P and forms ``dL/dlogits = g (P - Y)``,
+    giving ``dq = g (P - Y) k / tau`` and ``dk += (P - Y)^T (g q / tau)``.
+
+    The per-block elementwise passes cost about as much as the GEMM here (C is small), so two
+    are folded into the GEMM by one extra column: ``[q/tau, -s] . [k, 1] = q.k/tau - s``. In backward
+    ``s`` is the saved logsumexp, so one ``exp_`` turns the block into P. In forward ``s`` is the
+    Cauchy-Schwarz bound ``max|q| max|k| / tau`` >= every logit, which can stand in for the row max of
+    a stable logsumexp as long as ``exp(-2 s)`` cannot underflow; otherwise (tiny tau) the row max is
+    taken as usual.
     """
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, target: torch.Tensor, temperature: float, chunk: int):
-        # autocast would silently run the matmuls in half precision; the logits / tau reach 1/tau in
-        # magnitude and the logsumexp over ~1e5 terms wants full precision, so run as given.
+        # autocast would silently run the GEMMs in half precision; the logits reach 1/tau in magnitude
+        # and the logsumexp runs over ~1e5 terms, so keep the dtype we were given
         with torch.autocast(device_type=q.device.type, enabled=False):
-            qs = q / temperature  # scaling the (M, C) side once is cheaper than each (chunk, N) block
-            m = q.shape[0]
+            m, c = q.shape
+            qs = q / temperature
+            bound = float(qs.norm(dim=1).max()) * float(k.norm(dim=1).max()) if m else 0.0
+            use_bound = 2.0 * bound <= _SAFE_EXP_RANGE.get(q.dtype, 0.0)
+            shift = bound if use_bound else 0.0
+            qa = torch.cat([qs, qs.new_full((m, 1), -shift)], dim=1)  # (M, C+1)
+            ka = torch.cat([k, k.new_ones(k.shape[0], 1)], dim=1)  # (N, C+1)
             lse = q.new_empty(m)
             pos = q.new_empty(m)
             for start in range(0, m, chunk):
                 stop = min(start + chunk, m)
-                logits = torch.mm(qs[start:stop], k.t())  # (c, N), the only large buffer
-                pos[start:stop] = logits.gather(1, target[start:stop, None]).squeeze(1)
-                # in-place logsumexp: avoids torch.logsumexp's second (c, N) temporary
-                row_max = logits.amax(dim=1, keepdim=True)
-                lse[start:stop] = logits.sub_(row_max).exp_().sum(dim=1).log_().add_(row_max.squeeze(1))
-                del logits
-        ctx.save_for_backward(qs, k, target, lse)
+                z = torch.mm(qa[start:stop], ka.t())  # (c, N) logits - shift: the only large buffer
+                pos[start:stop] = z.gather(1, target[start:stop, None]).squeeze(1)
+                if use_bound:
+                    lse[start:stop] = z.exp_().sum(dim=1).log_()
+                else:
+                    row_max = z.amax(dim=1, keepdim=True)
+                    lse[start:stop] = z.sub_(row_max).exp_().sum(dim=1).log_().add_(row_max.squeeze(1))
+                del z
+            lse.add_(shift)
+            pos.add_(shift)
+        ctx.save_for_backward(qs, ka, target, lse)
         ctx.temperature = temperature
         ctx.chunk = chunk
         return lse - pos
@@ -74,29 +93,28 @@ class _ChunkedDenseInfoNCE(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
-        qs, k, target, lse = ctx.saved_tensors
+        qs, ka, target, lse = ctx.saved_tensors
         need_q, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if not (need_q or need_k):
             return None, None, None, None, None
         with torch.autocast(device_type=qs.device.type, enabled=False):
+            m, c = qs.shape
             grad_loss = grad_loss.to(qs.dtype)
-            m = qs.shape[0]
+            k = ka[:, :c]  # strided view, BLAS takes it without a copy
+            qa = torch.cat([qs, -lse[:, None]], dim=1)  # [q/tau, -lse] . [k, 1] = logits - lse
             dq = torch.empty_like(qs) if need_q else None
-            dk = torch.zeros_like(k) if need_k else None
+            dk = torch.zeros_like(k, memory_format=torch.contiguous_format) if need_k else None
             for start in range(0, m, ctx.chunk):
                 stop = min(start + ctx.chunk, m)
-                qs_c = qs[start:stop]
                 g = grad_loss[start:stop, None]  # (c, 1)
-                # recompute the chunk's softmax in place: P = exp(logits - lse)
-                p = torch.mm(qs_c, k.t())
-                p.sub_(lse[start:stop, None]).exp_()
+                p = torch.mm(qa[start:stop], ka.t()).exp_()  # (c, N) softmax P of the chunk
                 rows = torch.arange(stop - start, device=p.device)
                 p[rows, target[start:stop]] -= 1.0  # P - Y
                 # the upstream grad is a per-row scale; apply it to the thin (c, C) factors, not to P
                 if need_q:
                     dq[start:stop] = torch.mm(p, k).mul_(g / ctx.temperature)
                 if need_k:
-                    dk.addmm_(p.t(), qs_c * g)
+                    dk.addmm_(p.t(), qs[start:stop] * g)
                 del p
         return dq, dk, None, None, None
 

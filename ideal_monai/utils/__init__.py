@@ -1,4 +1,4 @@
 from .atomic import atomic_path, atomic_save_torch, atomic_write_text
-from .pretrained import encoder_state_from_checkpoint, init_from_pretrained
+from .weights import encoder_state_from_checkpoint, init_from_pretrained, load_model_weights
 
-__all__ = ["atomic_path", "atomic_save_torch", "atomic_write_text", "encoder_state_from_checkpoint", "init_from_pretrained"]
+__all__ = ["atomic_path", "atomic_save_torch", "atomic_write_text", "encoder_state_from_checkpoint", "init_from_pretrained", "load_model_weights"]

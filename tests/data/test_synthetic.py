@@ -212,7 +212,7 @@ def test_unwritable_output_folder_raises_naming_it(tmp_path):
     assert err.value.where == str(blocker)
 
 
-@pytest.mark.parametrize("kwargs", [{"num_slices": 2}, {"shape": (32, 200)}, {"spacing": (1.5, 0.0, 8.0)},
+@pytest.mark.parametrize("kwargs", [{"num_slices": 2}, {"num_slices": 6.5}, {"shape": (32, 200)}, {"spacing": (1.5, 0.0, 8.0)},
                                     {"num_frames": 1}, {"seed_or_rng": -1}, {"seed_or_rng": "seven"}])
 def test_bad_generate_arguments_raise(kwargs):
     with pytest.raises(IdealInputError):

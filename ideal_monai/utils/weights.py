@@ -1,4 +1,4 @@
-"""Initialising the fine-tuning network's encoder from the pre-training checkpoint."""
+"""Loading weights into networks: the pre-trained encoder, and trained models for inference."""
 
 from __future__ import annotations
 
@@ -37,4 +37,16 @@ def init_from_pretrained(network: torch.nn.Module, path: str | os.PathLike | Non
         raise IdealInputError(path, "pre-trained encoder not found: run 'pretrain' first, or set use_pretrained to false")
     load_state_dict_checked(network.encoder, encoder_state_from_checkpoint(path), path, strict=True)
     logger.info("encoder initialised from %s", path)
+    return network
+
+
+def load_model_weights(network: torch.nn.Module, path: str | os.PathLike, strict: bool = True) -> torch.nn.Module:
+    """Load a flat state_dict (``models/model.pt``) into ``network`` with ``weights_only=True``.
+
+    Raises :class:`IdealInputError` naming ``path`` when it is missing, corrupt or does not match
+    the network. Returns ``network`` so bundle configs can chain it.
+    """
+    if not os.path.exists(path):
+        raise IdealInputError(path, "model weights not found: train with 'finetune' first or pass --model_path")
+    load_state_dict_checked(network, load_checkpoint_file(path), path, strict=strict)
     return network

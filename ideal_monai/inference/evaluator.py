@@ -1,0 +1,186 @@
+"""Folder inference as a MONAI ``Evaluator``: NIfTI in, NIfTI labels on the input's exact grid out.
+
+Each iteration segments one input file (a 3D volume, or a 4D cine file frame by frame), using the
+bundle's standard ``preprocessing`` / ``inferer`` / ``postprocessing`` components for every 3D
+frame. A file that fails (unreadable, bad values, existing output, disk full...) is recorded in
+``engine.state.failures`` and the other files still run; nothing partial is ever left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.engines import Evaluator
+from monai.transforms import Invertd
+
+from ..errors import IdealInputError
+from ..data.discovery import discover_cases
+from ..data.io import read_shape, save_label_like, strip_image_suffix
+from ..networks import stream_disagreement
+
+logger = logging.getLogger(__name__)
+
+
+def inference_cases(path: str | os.PathLike) -> list[dict]:
+    """One case per input file under ``path`` (a folder in any known layout, or one file).
+
+    Label files are ignored; a 4D cine file stays one case (it is segmented frame by frame).
+    """
+    cases, seen = [], set()
+    for case in discover_cases(path, include_cine=True):
+        image = Path(case["image"])
+        if image in seen:
+            continue
+        seen.add(image)
+        cases.append({"image": image, "case_id": strip_image_suffix(image)})
+    return cases
+
+
+def collate_cases(batch: list[dict]) -> list[dict]:
+    """DataLoader ``collate_fn`` that keeps file dicts as a list (nothing to stack before loading)."""
+    return batch
+
+
+class StreamDisagreement(torch.nn.Module):
+    """``(B, 1, H, W) -> (B, 1, H, W)``: per-pixel disagreement of the two streams (an uncertainty map).
+
+    Wraps a :class:`~ideal_monai.networks.DualDecoderUNet` so a MONAI inferer can slide it over a volume.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return stream_disagreement(self.network.stream_probabilities(x))
+
+
+class SegmentationEvaluator(Evaluator):
+    """Segment every file of ``val_data_loader`` and write the labels.
+
+    Args:
+        device: torch device.
+        val_data_loader: yields lists of case dicts ``{"image": path, "case_id": str}``
+            (use :func:`collate_cases`).
+        network: the segmentation network; in eval mode it returns ``(B, C, H, W)`` log-probabilities.
+        preprocessing: the 3D invertible preprocessing (``{"image": path, "frame": t}`` ->
+            ``(1, P, P, Z)``), e.g. :func:`ideal_monai.data.volume_preprocessing` with ``keys=["image"]``.
+        inferer: slice-wise inferer (MONAI ``SliceInferer`` over the last axis).
+        postprocessing: turns ``{"pred": (C, P, P, Z) log-probs, "image": ...}`` into a label map
+            ``(1, X, Y, Z)`` on the input grid (softmax -> ``Invertd`` -> argmax -> optional
+            largest-component clean-up).
+        output_dir: where ``<case_id>.nii.gz`` (uint8 labels 0-3) go.
+        overwrite: replace existing outputs (otherwise such a case fails with a clear message).
+        save_uncertainty: also write ``<case_id>_uncertainty.nii.gz`` (float32 stream disagreement).
+        save_probabilities: also write ``<case_id>_probs.nii.gz`` (float32, classes on the last axis).
+        val_handlers: Ignite handlers (progress bar, stats).
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Iterable,
+        network: torch.nn.Module,
+        preprocessing: Callable,
+        inferer: Callable,
+        postprocessing: Callable,
+        output_dir: str | os.PathLike,
+        overwrite: bool = False,
+        save_uncertainty: bool = False,
+        save_probabilities: bool = False,
+        val_handlers: Sequence | None = None,
+        amp: bool = False,
+    ) -> None:
+        super().__init__(device=device, val_data_loader=val_data_loader, val_handlers=val_handlers, amp=amp,
+                         decollate=False)
+        self.network = network
+        self.preprocessing = preprocessing
+        self.inferer = inferer
+        self.case_postprocessing = postprocessing
+        self.output_dir = Path(output_dir)
+        self.overwrite = overwrite
+        self.save_uncertainty = save_uncertainty
+        self.save_probabilities = save_probabilities
+        self.state.failures = []
+        self.state.outputs = []
+        self._invert_linear = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
+
+    def output_paths(self, case: dict) -> dict[str, Path]:
+        stem = case["case_id"]
+        paths = {"label": self.output_dir / f"{stem}.nii.gz"}
+        if self.save_uncertainty:
+            paths["uncertainty"] = self.output_dir / f"{stem}_uncertainty.nii.gz"
+        if self.save_probabilities:
+            paths["probabilities"] = self.output_dir / f"{stem}_probs.nii.gz"
+        return paths
+
+    @torch.no_grad()
+    def _segment_frame(self, image_path: Path, frame: int | None) -> dict[str, np.ndarray]:
+        """One 3D frame -> ``{"label": (X, Y, Z) uint8, ...}`` on the input grid."""
+        data = {"image": image_path}
+        if frame is not None:
+            data["frame"] = frame
+        data = self.preprocessing(data)
+        image = data["image"]
+        batch = image[None].to(self.state.device)  # (1, 1, P, P, Z)
+        log_probs = self.inferer(batch, self.network)[0]  # (C, P, P, Z)
+        out = {}
+        if self.save_probabilities:
+            probs = self._invert_linear({"image": image, "pred": torch.softmax(log_probs, 0).cpu()})["pred"]
+            out["probabilities"] = np.moveaxis(np.asarray(probs, dtype=np.float32), 0, -1)  # (X, Y, Z, C)
+        if self.save_uncertainty:
+            dis = self.inferer(batch, StreamDisagreement(self.network))[0].cpu()  # (1, P, P, Z)
+            out["uncertainty"] = np.asarray(self._invert_linear({"image": image, "pred": dis})["pred"][0], dtype=np.float32)
+        label = self.case_postprocessing({"image": image, "pred": log_probs.cpu()})["pred"]
+        out["label"] = np.asarray(label[0]).astype(np.uint8)
+        return out
+
+    def segment_case(self, case: dict) -> dict[str, Path]:
+        """Segment one file and write its outputs atomically; returns the written paths."""
+        image_path = Path(case["image"])
+        paths = self.output_paths(case)
+        if not self.overwrite:
+            for p in paths.values():
+                if p.exists():
+                    raise IdealInputError(p, "output already exists (pass overwrite=True / --overwrite to replace it)")
+        shape = read_shape(image_path)
+        frames = [None] if len(shape) == 3 else list(range(shape[3]))
+        results = [self._segment_frame(image_path, f) for f in frames]
+        stacked = {k: (results[0][k] if frames == [None] else np.stack([r[k] for r in results], axis=3))
+                   for k in results[0]}
+        for key, path in paths.items():
+            save_label_like(stacked[key], image_path, path, dtype=np.uint8 if key == "label" else np.float32)
+        return paths
+
+    def _iteration(self, engine: SegmentationEvaluator, batchdata: list[dict]) -> dict:
+        engine.network.eval()
+        written = []
+        for case in batchdata:
+            try:
+                written.append(engine.segment_case(case))
+            except (IdealInputError, OSError) as e:
+                msg = str(e) if isinstance(e, IdealInputError) else f"{case['image']}: {e.strerror or e}"
+                engine.state.failures.append({"image": str(case["image"]), "error": msg})
+                logger.error("failed: %s", msg)
+        engine.state.outputs.extend(written)
+        engine.state.output = {"written": written}
+        return engine.state.output
+
+
+def report_failures(evaluator: SegmentationEvaluator, exit_on_failure: bool = True) -> list[dict]:
+    """Print a one-line summary (and one line per failed file); exit with status 1 if any failed."""
+    failures = evaluator.state.failures
+    total = len(failures) + len(evaluator.state.outputs)
+    print(f"ideal-monai inference: {len(evaluator.state.outputs)} of {total} file(s) segmented into {evaluator.output_dir}",
+          file=sys.stderr)
+    for f in failures:
+        print(f"ideal-monai: error: {f['error']}", file=sys.stderr)
+    if failures and exit_on_failure:
+        sys.exit(1)
+    return failures
