@@ -77,7 +77,20 @@ def read_shape(path: str | os.PathLike) -> tuple[int, ...]:
     except IdealInputError:
         raise
     except Exception as e:  # nibabel/ITK raise many types for corrupt headers
-        raise IdealInputError(path, f"cannot be read as an image ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        raise IdealInputError(path, f"cannot be read as an image ({type(e).__name__}: {_first_line(e, 120)})") from None
+
+
+def _first_line(e: Exception, limit: int) -> str:
+    """The informative line of an exception message, for a one-line error.
+
+    ITK messages start with a source-file location (``sitkImageReaderBase.cxx:99:``) and put the
+    reason on a later ``ERROR:`` line, so prefer that line when there is one.
+    """
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    errors = [line for line in lines if "ERROR:" in line]
+    return (errors[-1] if errors else lines[0])[:limit]
 
 
 def _load_sitk(path: Path) -> MetaTensor:
@@ -115,8 +128,7 @@ def _read_raw(path: Path) -> MetaTensor:
     except IdealInputError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {msg}") from None
+        raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {_first_line(e, 160)}") from None
 
 
 def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int | None = None) -> MetaTensor:
@@ -130,11 +142,14 @@ def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int |
 
     Images are returned as float32; NaN/Inf intensities, non-3D/4D arrays, zero-length axes and
     volumes over :data:`MAX_VOXELS_PER_FRAME` are refused with a one-line error naming the file.
+    Trailing singleton axes (``(X, Y, Z, 1)``, as some converters write 3D frames) are dropped.
     """
     path = Path(path)
-    shape = read_shape(path)
+    shape = file_shape = read_shape(path)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
     if len(shape) not in (3, 4):
-        raise IdealInputError(path, f"expected a 3D volume (X, Y, Z) or 4D cine (X, Y, Z, T), got {len(shape)}D shape {shape}")
+        raise IdealInputError(path, f"expected a 3D volume (X, Y, Z) or 4D cine (X, Y, Z, T), got {len(file_shape)}D shape {file_shape}")
     if min(shape) == 0:
         raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
     if int(np.prod(shape[:3])) > MAX_VOXELS_PER_FRAME:
@@ -147,6 +162,8 @@ def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int |
         raise IdealInputError(path, f"frame {frame} out of range for {shape[3]} cine frames")
 
     raw = _read_raw(path)
+    while raw.ndim > len(shape) and raw.shape[-1] == 1:
+        raw = raw[..., 0]
     if raw.ndim == 4:
         raw = raw[..., frame]
     if tuple(raw.shape) != tuple(shape[:3]):
@@ -200,19 +217,27 @@ def check_same_grid(image: MetaTensor, label: MetaTensor) -> None:
 
 
 def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLike, target: str | os.PathLike,
-                    dtype=np.uint8) -> Path:
-    """Write ``label`` ``(X, Y, Z[, T])`` as NIfTI with the reference file's exact grid, atomically.
+                    dtype=np.uint8, check_shape: bool = True) -> Path:
+    """Write ``label`` ``(X, Y, Z[, T][, C])`` as NIfTI with the reference file's exact grid, atomically.
 
     The affine and header of ``reference`` (any supported format) are reused, so the output has the
-    same shape, affine and orientation as the input; the data type is set to ``dtype``.
+    same shape, affine and orientation as the input; the data type is set to ``dtype``. Extra
+    trailing axes (e.g. class probabilities ``(X, Y, Z, C)``) are allowed after the reference's.
+
+    Raises:
+        ValueError: with ``check_shape``, when ``label``'s leading axes differ from the reference's
+            shape (a programming error: predictions must be inverted to the input grid first).
     """
     reference, target = Path(reference), Path(target)
     arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
     arr = arr.astype(dtype, copy=False)
+    ref_shape = core_shape = read_shape(reference)
+    while len(core_shape) > 3 and core_shape[-1] == 1:  # (X, Y, Z, 1) references hold 3D volumes
+        core_shape = core_shape[:-1]
+    if check_shape and all(tuple(arr.shape[: len(s)]) != tuple(s) for s in (ref_shape, core_shape)):
+        raise ValueError(f"label shape {arr.shape} does not start with reference {reference} shape {ref_shape}")
     if image_suffix(reference) in NIFTI_SUFFIXES:
         ref = nib.load(str(reference))
-        if tuple(arr.shape[:3]) != tuple(ref.shape[:3]):  # extra axes (frames, classes) may follow
-            raise ValueError(f"output shape {arr.shape} does not fit reference {reference} shape {ref.shape}")
         header = ref.header.copy()
         header.set_data_dtype(dtype)
         header["scl_slope"], header["scl_inter"] = 1.0, 0.0
@@ -220,6 +245,7 @@ def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLi
     else:
         affine = np.asarray(_load_sitk(reference).meta["original_affine"])
         img = nib.Nifti1Image(arr, affine)
-    with atomic_path(target, suffix=".nii.gz") as tmp:
+    # nibabel picks compression from the name: the temporary file must end like the target.
+    with atomic_path(target, suffix=".nii" if target.name.lower().endswith(".nii") else ".nii.gz") as tmp:
         nib.save(img, str(tmp))
     return target

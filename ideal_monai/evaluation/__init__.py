@@ -12,10 +12,13 @@ from .metrics import (
     evaluate_folders,
     summarize,
 )
+from .curves import read_scalars, save_curves_from_tensorboard
 from .overlays import save_overlay_png, save_training_curves_png, select_slices
 from .report import CSV_COLUMNS, write_report
 
 __all__ = [
+    "read_scalars",
+    "save_curves_from_tensorboard",
     "CONVENTION",
     "CSV_COLUMNS",
     "DEFAULT_CLASS_NAMES",

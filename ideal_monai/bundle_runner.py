@@ -1,0 +1,63 @@
+"""Running the bundle's run ids in-process (what ``python -m monai.bundle run`` does).
+
+The command line (``ideal-monai pretrain|finetune|infer``) and the demo call
+:func:`run_bundle`, so they execute exactly the JSON configs a MONAI user runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import IdealInputError
+
+#: Config file of each run id, relative to ``bundle/configs``.
+RUN_CONFIGS = {
+    "pretrain": "pretrain.json",
+    "finetune": "train.json",
+    "inference": "inference.json",
+    "evaluate": "evaluate.json",
+}
+
+
+def bundle_dir() -> Path:
+    """The bundle folder: ``$IDEAL_MONAI_BUNDLE`` if set, else ``bundle/`` beside the package."""
+    env = os.environ.get("IDEAL_MONAI_BUNDLE")
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "bundle"
+    if not (path / "configs").is_dir():
+        raise IdealInputError(path, "bundle folder with configs/ not found (install from a checkout with 'pip install -e .', "
+                                    "or set IDEAL_MONAI_BUNDLE)")
+    return path
+
+
+def config_path(run_id: str) -> Path:
+    """Absolute path of the config file that holds ``run_id``."""
+    if run_id not in RUN_CONFIGS:
+        raise IdealInputError(run_id, f"unknown run id; expected one of {sorted(RUN_CONFIGS)}")
+    return bundle_dir() / "configs" / RUN_CONFIGS[run_id]
+
+
+def run_bundle(run_id: str, extra_configs: list[str | os.PathLike] = (), tracking: str | None = None, **overrides) -> None:
+    """``python -m monai.bundle run <run_id> --config_file <configs> --<key> <value> ...`` in-process.
+
+    Args:
+        run_id: ``pretrain``, ``finetune``, ``inference`` or ``evaluate``.
+        extra_configs: override files merged after the main config (e.g. multi-GPU settings).
+        tracking: ``"mlflow"`` or a tracking settings file, as for ``monai.bundle run``.
+        overrides: config ids and values (``dataset_dir=...``, ``max_epochs=2``); ``bundle_root``
+            defaults to the bundle folder.
+    """
+    from monai.bundle.scripts import run
+
+    configs = [str(config_path(run_id))] + [str(c) for c in extra_configs]
+    meta = bundle_dir() / "configs" / "metadata.json"
+    logging_conf = bundle_dir() / "configs" / "logging.conf"
+    overrides.setdefault("bundle_root", str(bundle_dir()))
+    kwargs = {}
+    if meta.exists():
+        kwargs["meta_file"] = str(meta)
+    if logging_conf.exists():
+        kwargs["logging_file"] = str(logging_conf)
+    if tracking:
+        kwargs["tracking"] = tracking
+    run(run_id=run_id, config_file=configs if len(configs) > 1 else configs[0], **kwargs, **overrides)

@@ -1,0 +1,117 @@
+"""The ``ideal-monai`` command (python-fire).
+
+    ideal-monai synth     --output_dir DIR [--num_cases N --seed S --with_cine]
+    ideal-monai pretrain  --dataset_dir DATA [--bundle_root DIR] [--<config key> VALUE ...]
+    ideal-monai finetune  --dataset_dir DATA [--bundle_root DIR] [--<config key> VALUE ...]
+    ideal-monai infer     --dataset_dir IMAGES --output_dir OUT [--bundle_root DIR] [--overwrite]
+    ideal-monai evaluate  --prediction_dir PRED --dataset_dir GT --output_dir REPORT
+    ideal-monai demo      [--output_dir DIR]
+
+Errors in the input print one line (``ideal-monai: error: <file>: <problem>``) and exit with
+status 1; ``--debug`` (or ``IDEAL_MONAI_DEBUG=1``) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import fire
+
+from .errors import IdealInputError
+
+
+def _input_error_in_chain(exc: BaseException) -> IdealInputError | None:
+    """The IdealInputError that caused ``exc`` (MONAI wraps errors raised while parsing configs)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, IdealInputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool = False) -> None:
+    """Write synthetic ACDC-layout cardiac phantoms (images + labels) to ``output_dir``."""
+    from .data.synthetic import write_synthetic_dataset
+
+    paths = write_synthetic_dataset(output_dir, num_cases=num_cases, seed=seed, with_cine=with_cine)
+    print(f"wrote {len(paths)} files for {num_cases} cases to {output_dir}")
+
+
+def pretrain(dataset_dir: str, bundle_root: str | None = None, **overrides) -> None:
+    """Stage 1: dense local contrastive pre-training (bundle run id ``pretrain``)."""
+    from .bundle_runner import run_bundle
+
+    if bundle_root:
+        overrides["bundle_root"] = bundle_root
+    run_bundle("pretrain", dataset_dir=dataset_dir, **overrides)
+
+
+def finetune(dataset_dir: str, bundle_root: str | None = None, **overrides) -> None:
+    """Stage 2: semi-supervised two-stream fine-tuning (bundle run id ``finetune``)."""
+    from .bundle_runner import run_bundle
+
+    if bundle_root:
+        overrides["bundle_root"] = bundle_root
+    run_bundle("finetune", dataset_dir=dataset_dir, **overrides)
+
+
+def infer(dataset_dir: str, output_dir: str, bundle_root: str | None = None, overwrite: bool = False, **overrides) -> None:
+    """Segment a folder (or one file) of short-axis volumes into NIfTI labels (run id ``inference``)."""
+    from .bundle_runner import run_bundle
+
+    if bundle_root:
+        overrides["bundle_root"] = bundle_root
+    run_bundle("inference", dataset_dir=dataset_dir, output_dir=output_dir, overwrite=bool(overwrite), **overrides)
+
+
+def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: bool = True, max_overlays: int = 12) -> None:
+    """Score predictions against ground-truth labels: CSV, JSON, Markdown report and PNG overlays."""
+    from .evaluation import evaluate_folders
+
+    summary = evaluate_folders(prediction_dir, dataset_dir, output_dir, overlays=overlays, max_overlays=max_overlays)
+    overall = summary["overall"]
+    print(f"mean DSC {overall['dsc_mean']:.3f} over {summary['n_cases']} volume(s), {overall['n_failures']} failure(s); "
+          f"report: {os.path.join(output_dir, 'report.md')}")
+
+
+def demo(output_dir: str = "demo_output", **kwargs) -> None:
+    """Phantoms -> pre-train -> fine-tune -> infer -> evaluate, in a few minutes on a CPU."""
+    from .demo import run_demo
+
+    run_demo(output_dir, **kwargs)
+
+
+COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("IDEAL_MONAI_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+    try:
+        fire.Fire(COMMANDS, command=argv, name="ideal-monai")
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except KeyboardInterrupt:
+        print("ideal-monai: interrupted", file=sys.stderr)
+        return 130
+    except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if debug:
+            traceback.print_exc()
+            return 1
+        input_error = _input_error_in_chain(e)
+        message = str(input_error) if input_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        print(f"ideal-monai: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
