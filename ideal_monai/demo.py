@@ -22,6 +22,11 @@ DEMO_PROFILE = {
 }
 
 
+def _fmt(value: float | None, digits: int = 2) -> str:
+    """A metric for the console; ``n/a`` where it is undefined (e.g. every prediction empty)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def run_demo(
     output_dir: str | os.PathLike = "demo_output",
     num_cases: int = 16,
@@ -89,8 +94,8 @@ def run_demo(
     print(f"report:        {out / 'report' / 'report.md'}")
     print(f"curves:        {out / 'report' / 'training_curves.png'}")
     for name, stats in summary["classes"].items():
-        print(f"  {name:4s} DSC {stats['dsc_mean']:.3f}  HD95 {stats['hd95_mean']:.2f}  ASD {stats['asd_mean']:.2f}")
-    print(f"  mean DSC {summary['overall']['dsc_mean']:.3f} over {summary['n_cases']} volumes, "
+        print(f"  {name:4s} DSC {_fmt(stats['dsc_mean'], 3)}  HD95 {_fmt(stats['hd95_mean'])} mm  ASD {_fmt(stats['asd_mean'])} mm")
+    print(f"  mean DSC {_fmt(summary['overall']['dsc_mean'], 3)} over {summary['n_cases']} volumes, "
           f"{summary['overall'].get('n_failures', 0)} failure(s)")
     summary["timings"] = timings
     return summary

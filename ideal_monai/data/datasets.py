@@ -13,7 +13,34 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose
 
-from .io import read_shape
+from . import io  # module attribute access, so tests can instrument io.read_shape
+from .transforms import find_input_error
+
+
+class _CacheDataset(CacheDataset):
+    """MONAI ``CacheDataset`` that lets :class:`~ideal_monai.errors.IdealInputError` through unwrapped.
+
+    Uncached items go through ``apply_transform``, which wraps every exception in a ``RuntimeError``;
+    the one-line message naming the bad file is what the entry points print.
+    """
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except RuntimeError as e:
+            err = find_input_error(e)
+            if err is None:
+                raise
+            raise err from None
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except RuntimeError as e:
+            err = find_input_error(e)
+            if err is None:
+                raise
+            raise err from None
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -45,8 +72,9 @@ class SliceDataset(torch.utils.data.Dataset):
         self.keys = list(keys)
         self.slice_transform = slice_transform
         # Slice counts from headers alone, so uncached volumes need not be loaded to index them.
-        self.index = [(v, z) for v, case in enumerate(self.cases) for z in range(read_shape(case["image"])[2])]
-        self.volumes = CacheDataset(self.cases, transform=volume_transform, cache_rate=cache_rate,
+        self.num_slices = [io.read_shape(case["image"])[2] for case in self.cases]
+        self.index = [(v, z) for v, n in enumerate(self.num_slices) for z in range(n)]
+        self.volumes = _CacheDataset(self.cases, transform=volume_transform, cache_rate=cache_rate,
                                     num_workers=num_workers or None, progress=progress and len(self.cases) > 0)
 
     def __len__(self) -> int:
@@ -56,6 +84,9 @@ class SliceDataset(torch.utils.data.Dataset):
         v, z = self.index[i]
         volume = self.volumes[v]
         item = {"case_id": self.cases[v]["case_id"], "slice_index": z}
+        if volume[self.keys[0]].shape[-1] != self.num_slices[v]:  # the index would point at wrong slices
+            raise ValueError(f"volume_transform changed the slice count of {self.cases[v]['case_id']}: "
+                             f"{self.num_slices[v]} -> {volume[self.keys[0]].shape[-1]}; it must keep Z")
         for key in self.keys:
             if key in volume:
                 t = volume[key]
@@ -72,7 +103,7 @@ class SliceDataset(torch.utils.data.Dataset):
 def volume_dataset(data: Sequence[dict], volume_transform: Compose, cache_rate: float = 1.0,
                    num_workers: int = 0, progress: bool = False) -> CacheDataset:
     """3D volumes ``(1, P, P, Z)`` for validation (MONAI ``CacheDataset``)."""
-    return CacheDataset(list(data), transform=volume_transform, cache_rate=cache_rate,
+    return _CacheDataset(list(data), transform=volume_transform, cache_rate=cache_rate,
                         num_workers=num_workers or None, progress=progress)
 
 

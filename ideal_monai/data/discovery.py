@@ -27,6 +27,18 @@ from .io import image_suffix, read_shape, strip_image_suffix
 
 _ACDC_FRAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
 _CINE = re.compile(r"^(?P<patient>.+)_4d$")
+_NNUNET_CHANNEL = re.compile(r"_\d{4}$")
+
+
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    """Map file stems to files; two files with one stem (``a.nii`` and ``a.nii.gz``) are ambiguous."""
+    names: dict[str, Path] = {}
+    for path in files:
+        stem = strip_image_suffix(path)
+        if stem in names:
+            raise IdealInputError(path, f"duplicate case id {stem!r} (also {names[stem]})")
+        names[stem] = path
+    return names
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -45,8 +57,7 @@ def _cine_cases(path: Path, patient_id: str) -> list[dict]:
 
 
 def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
-    files = _image_files(folder)
-    names = {strip_image_suffix(p): p for p in files}
+    names = _by_stem(_image_files(folder))
     cases = []
     for stem, path in names.items():
         if stem.endswith("_gt"):
@@ -73,10 +84,18 @@ def _decathlon_json(root: Path) -> list[dict]:
     if not isinstance(spec, dict) or "training" not in spec:
         raise IdealInputError(spec_path, "has no 'training' list")
 
-    def resolve(rel: str, what: str) -> Path:
-        path = (root / rel).resolve() if not os.path.isabs(rel) else Path(rel)
+    def resolve(rel, what: str) -> Path:
+        if not isinstance(rel, str):  # e.g. a list of modalities
+            raise IdealInputError(spec_path, f"{what} must be one file path, got {rel!r}"[:200])
+        # normpath, not resolve(): a symlink keeps its own name, which is the case id.
+        path = Path(os.path.normpath(root / rel))
         if not path.exists():
-            raise IdealInputError(spec_path, f"{what} {rel} does not exist")
+            # nnU-Net v1 lists "imagesTr/x.nii.gz" for the channel file "imagesTr/x_0000.nii.gz".
+            suffix = image_suffix(path)
+            channel = path.with_name(f"{strip_image_suffix(path)}_0000{suffix}") if suffix else None
+            if channel is None or not channel.exists():
+                raise IdealInputError(spec_path, f"{what} {rel} does not exist")
+            return channel
         return path
 
     cases = []
@@ -84,26 +103,33 @@ def _decathlon_json(root: Path) -> list[dict]:
         if not isinstance(entry, dict) or "image" not in entry:
             raise IdealInputError(spec_path, f"training entry without 'image': {entry!r}"[:200])
         image = resolve(entry["image"], "image")
-        case = {"image": image, "case_id": strip_image_suffix(image), "patient_id": strip_image_suffix(image)}
+        name = strip_image_suffix(entry["image"])  # the listed name, also for a `_0000` channel file
+        case = {"image": image, "case_id": name, "patient_id": name}
         if entry.get("label"):
             case["label"] = resolve(entry["label"], "label")
         cases.append(case)
     for entry in spec.get("test", []):
-        image = resolve(entry["image"] if isinstance(entry, dict) else entry, "test image")
-        cases.append({"image": image, "case_id": strip_image_suffix(image), "patient_id": strip_image_suffix(image)})
+        rel = entry["image"] if isinstance(entry, dict) and "image" in entry else entry
+        image = resolve(rel, "test image")
+        cases.append({"image": image, "case_id": strip_image_suffix(rel), "patient_id": strip_image_suffix(rel)})
     return cases
 
 
 def _images_tr(root: Path) -> list[dict]:
     labels_dir = root / "labelsTr"
-    labels = {strip_image_suffix(p): p for p in _image_files(labels_dir)} if labels_dir.is_dir() else {}
+    labels = _by_stem(_image_files(labels_dir)) if labels_dir.is_dir() else {}
     cases = []
     for folder in ("imagesTr", "imagesTs"):
         if not (root / folder).is_dir():
             continue
-        for path in _image_files(root / folder):
-            stem = strip_image_suffix(path)
-            case_id = stem[:-5] if re.search(r"_\d{4}$", stem) else stem  # nnU-Net channel suffix
+        images = _by_stem(_image_files(root / folder))
+        # nnU-Net names images `<case>_0000` (channel 0) and labels `<case>`. Only strip a 4-digit
+        # suffix when every image has one and the stripped names stay unique: `heart_0001` ...
+        # `heart_0020` are case numbers, not channels.
+        stripped = {stem[:-5] for stem in images}
+        nnunet = all(_NNUNET_CHANNEL.search(stem) for stem in images) and len(stripped) == len(images)
+        for stem, path in images.items():
+            case_id = stem[:-5] if nnunet and stem not in labels else stem
             case = {"image": path, "case_id": case_id, "patient_id": case_id}
             label = labels.get(stem) or labels.get(case_id)
             if folder == "imagesTr" and label is not None:

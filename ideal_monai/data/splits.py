@@ -1,6 +1,7 @@
 """Patient-level labeled / unlabeled / validation splits.
 
-A patient's frames and slices always land in one set. In a split, unlabeled cases carry no
+A patient's frames and slices always land in one set (a labeled patient's unlabeled cine frames
+are left out rather than given to the unlabeled set). In a split, unlabeled cases carry no
 ``"label"`` key at all, so no code path downstream can read an unlabeled case's label.
 """
 
@@ -35,10 +36,18 @@ def _read_splits_file(splits_file: Path, labeled_key: str) -> tuple[list[str], l
         spec = json.loads(Path(splits_file).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise IdealInputError(splits_file, f"cannot be read as JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise IdealInputError(splits_file, f"must hold a JSON object with 'train'/'val' lists, got {type(spec).__name__}")
     for key in ("train", labeled_key):
         if not isinstance(spec.get(key), list):
             raise IdealInputError(splits_file, f"has no list {key!r} (keys: {sorted(spec)})")
     train, labeled, val = spec["train"], spec[labeled_key], spec.get("val", [])
+    if not isinstance(val, list):
+        raise IdealInputError(splits_file, f"'val' must be a list of patient ids, got {type(val).__name__}")
+    for key, names in (("train", train), (labeled_key, labeled), ("val", val)):
+        bad = [n for n in names if not isinstance(n, str)]
+        if bad:
+            raise IdealInputError(splits_file, f"list {key!r} must hold patient id strings, got {bad[:3]!r}")
     for key, names in (("train", train), (labeled_key, labeled), ("val", val)):
         dups = sorted(n for n, k in Counter(names).items() if k > 1)
         if dups:
@@ -68,10 +77,11 @@ def split_cases(
     validation and ``num_labeled`` labeled patients (``None`` = all remaining labeled patients),
     drawn with ``seed``. Labeled lists keep only frames that have labels; unlabeled lists drop
     every ``label`` key; validation keeps labeled frames only (cine frames are not validated).
+    Splits are patient-level: no patient appears in two of the three lists.
 
     Raises:
-        IdealInputError: the splits file names missing or repeated patients, or fewer labeled
-            patients exist than requested.
+        IdealInputError: the splits file names missing or repeated patients, a labeled or val
+            patient has no label file, or fewer labeled patients exist than requested.
     """
     groups = _by_patient(cases)
     if splits_file is not None:
@@ -81,6 +91,9 @@ def split_cases(
             raise IdealInputError(splits_file, f"names {len(missing)} patient(s) not found in the dataset: {missing[:5]}")
         unlabeled_ids = [p for p in train if p not in set(labeled_ids)]
     else:
+        for name, value in (("num_val", num_val), ("num_labeled", num_labeled)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise IdealInputError(name, f"must be a non-negative integer, got {value!r}")
         patients = sorted(groups)
         random.Random(seed).shuffle(patients)
         with_labels = [p for p in patients if _labeled(groups[p])]
@@ -100,10 +113,13 @@ def split_cases(
     no_label = [p for p in labeled_ids if not _labeled(groups[p])]
     if no_label:
         raise IdealInputError(splits_file, f"labeled patient(s) without any label file: {no_label[:5]}")
-    # Cine frames of labeled patients carry no labels: they join the unlabeled pool.
-    unlabeled = [c for p in labeled_ids for c in groups[p] if "label" not in c]
-    unlabeled += [c for p in unlabeled_ids for c in groups[p]]
+    # Unlabeled frames of labeled patients (cine) are dropped, not pooled as unlabeled data, so
+    # every patient belongs to exactly one set.
+    unlabeled = [c for p in unlabeled_ids for c in groups[p]]
     val = [c for p in val_ids for c in _labeled(groups[p])]
+    no_val_label = [p for p in val_ids if not _labeled(groups[p])]
+    if no_val_label:
+        raise IdealInputError(splits_file, f"val patient(s) without any label file: {no_val_label[:5]}")
     return {"labeled": labeled, "unlabeled": _unlabeled(unlabeled), "val": val}
 
 

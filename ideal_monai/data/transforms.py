@@ -6,16 +6,20 @@ Volume pipeline (3D, channel-first ``(1, X, Y, Z)``; ``Z`` is the short-axis sli
               -> [Spacingd to (s, s, keep) in-plane]  (only when ``target_spacing`` is set)
               -> ResizeWithPadOrCropd to (P, P, keep)
 
-Every step after loading is a MONAI invertible transform, so ``Invertd`` maps predictions back
-to the input's exact grid.
+Every spatial step after loading is a MONAI invertible transform, so ``Invertd`` maps predictions
+back to the input's exact grid. MONAI wraps any exception raised inside a ``Compose`` into a
+``RuntimeError``; :class:`InputErrorCompose` unwraps :class:`~ideal_monai.errors.IdealInputError`
+again so entry points can print their one-line message naming the bad file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import (
+    CastToTyped,
     Compose,
     EnsureTyped,
     MapTransform,
@@ -26,7 +30,36 @@ from monai.transforms import (
     Spacingd,
 )
 
-from .io import check_same_grid, load_volume
+from ..errors import IdealInputError
+from . import io  # module attribute access, so tests can instrument io.load_volume
+
+
+def find_input_error(exc: BaseException | None) -> IdealInputError | None:
+    """The :class:`IdealInputError` behind ``exc`` (itself or along its ``__cause__``/``__context__``), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, IdealInputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+class InputErrorCompose(Compose):
+    """``Compose`` that re-raises an :class:`IdealInputError` from one of its transforms unwrapped.
+
+    MONAI's ``apply_transform`` turns every exception into ``RuntimeError("applying transform ...")``,
+    which would hide the one-line message naming the bad file from the entry points.
+    """
+
+    def __call__(self, input_, start=0, end=None, threading=False, lazy: bool | None = None):
+        try:
+            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
+        except RuntimeError as e:
+            err = find_input_error(e)
+            if err is None:
+                raise
+            raise err from None
 
 
 class LoadCased(MapTransform):
@@ -52,11 +85,11 @@ class LoadCased(MapTransform):
         image_key = None
         for key in self.key_iterator(d):
             is_label = key in self.label_keys
-            d[key] = load_volume(d[key], is_label=is_label, frame=None if is_label else frame)
+            d[key] = io.load_volume(d[key], is_label=is_label, frame=None if is_label else frame)
             if not is_label and image_key is None:
                 image_key = key
             elif is_label and image_key is not None:
-                check_same_grid(d[image_key], d[key])
+                io.check_same_grid(d[image_key], d[key])
         return d
 
 
@@ -78,7 +111,8 @@ def volume_preprocessing(
         load: start with :class:`LoadCased` (False when the dict already holds tensors).
 
     Returns:
-        A ``Compose`` producing ``(1, P', P', Z)`` tensors (``P'`` = patch size).
+        An :class:`InputErrorCompose` producing ``(1, P, P, Z)`` tensors: the image float32 in 0..1,
+        labels uint8 (also after resampling, which computes in float).
     """
     keys = list(keys)
     image_key, label_keys = keys[0], keys[1:]
@@ -94,10 +128,12 @@ def volume_preprocessing(
             Spacingd(keys, pixdim=(float(target_spacing[0]), float(target_spacing[1]), -1.0),
                      mode=["bilinear"] + ["nearest"] * len(label_keys), allow_missing_keys=True)
         )
+        if label_keys:  # Spacingd returns float32; nearest-neighbour values are exact class ids
+            transforms.append(CastToTyped(label_keys, dtype=np.uint8, allow_missing_keys=True))
     transforms.append(ResizeWithPadOrCropd(keys, spatial_size=(int(patch_size[0]), int(patch_size[1]), -1),
                                            allow_missing_keys=True))
     transforms.append(EnsureTyped(image_key, dtype="float32", track_meta=True))
-    return Compose(transforms)
+    return InputErrorCompose(transforms)
 
 
 def slice_augmentation(

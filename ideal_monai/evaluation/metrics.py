@@ -85,6 +85,8 @@ CONVENTION = (
 # Last components of a prediction's file name that are not part of the case id: MONAI's SaveImage
 # appends "_seg" by default, and some pipelines use "_pred".
 _PRED_POSTFIXES = ("_seg", "_pred")
+# Side outputs of ``ideal-monai infer`` that sit beside the label maps and are not predictions.
+_SIDE_OUTPUT_POSTFIXES = ("_uncertainty", "_probs")
 _NIFTI_EXT = re.compile(r"\.nii(\.gz)?$")
 
 
@@ -275,6 +277,8 @@ def _pair_folders(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path, P
         raise IdealInputError(gt_dir, "ground-truth folder does not exist")
     preds: dict[str, Path] = {}
     for p in _nifti_files(pred_dir):
+        if _case_id_of(p).endswith(_SIDE_OUTPUT_POSTFIXES):
+            continue
         cid = _case_id_of(p, _PRED_POSTFIXES)
         if cid in preds:
             raise IdealInputError(p, f"second prediction for case {cid!r} (first: {preds[cid]})")
