@@ -47,7 +47,12 @@ def run_bundle(run_id: str, extra_configs: list[str | os.PathLike] = (), trackin
         overrides: config ids and values (``dataset_dir=...``, ``max_epochs=2``); ``bundle_root``
             defaults to the bundle folder.
     """
+    import warnings
+
     from monai.bundle.scripts import run
+
+    # MONAI warns that configs are code; these are the package's own configs, chosen by this CLI.
+    warnings.filterwarnings("ignore", message="parsing config_file", category=UserWarning)
 
     configs = [str(config_path(run_id))] + [str(c) for c in extra_configs]
     meta = bundle_dir() / "configs" / "metadata.json"

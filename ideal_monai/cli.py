@@ -19,18 +19,7 @@ import traceback
 
 import fire
 
-from .errors import IdealInputError
-
-
-def _input_error_in_chain(exc: BaseException) -> IdealInputError | None:
-    """The IdealInputError that caused ``exc`` (MONAI wraps errors raised while parsing configs)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, IdealInputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+from .errors import debug_enabled, find_input_error
 
 
 def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool = False) -> None:
@@ -91,7 +80,7 @@ COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer":
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("IDEAL_MONAI_DEBUG", "") not in ("", "0")
+    debug = debug_enabled()
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
@@ -106,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
             return 1
-        input_error = _input_error_in_chain(e)
+        input_error = find_input_error(e)
         message = str(input_error) if input_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         print(f"ideal-monai: error: {message}", file=sys.stderr)
         return 1

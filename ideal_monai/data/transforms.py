@@ -144,13 +144,17 @@ def slice_augmentation(
 ) -> Compose:
     """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation and scaling.
 
-    Labels are resampled with nearest neighbour.
+    Labels are resampled with nearest neighbour and returned as uint8, like unaugmented slices
+    (``RandAffined`` outputs float32, which would mix dtypes within a batch).
     """
     keys = list(keys)
     modes = ["bilinear"] + ["nearest"] * (len(keys) - 1)
-    return Compose([
+    transforms = [
         RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
-        RandAffined(keys, prob=prob, rotate_range=(rotate_deg * 3.14159265 / 180.0,), scale_range=(scale, scale),
+        RandAffined(keys, prob=prob, rotate_range=(float(np.deg2rad(rotate_deg)),), scale_range=(scale, scale),
                     mode=modes, padding_mode="zeros", allow_missing_keys=True),
-    ])
+    ]
+    if len(keys) > 1:
+        transforms.append(CastToTyped(keys[1:], dtype=np.uint8, allow_missing_keys=True))
+    return Compose(transforms)
