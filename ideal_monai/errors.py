@@ -23,6 +23,10 @@ class IdealInputError(ValueError):
         self.problem = problem
         super().__init__(f"{self.where}: {problem}" if self.where else problem)
 
+    def __reduce__(self):
+        # DataLoader workers pickle exceptions; the default reduce would drop one of the two arguments.
+        return (type(self), (self.where, self.problem))
+
 
 def find_input_error(exc: BaseException | None) -> IdealInputError | None:
     """The :class:`IdealInputError` in ``exc``'s cause/context chain (MONAI's config parser wraps
