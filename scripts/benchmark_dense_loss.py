@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -32,7 +33,7 @@ def reference_loss(query, key, target, tau):
 
 
 def worker(args) -> dict:
-    """Run one configuration in this process and return its measurements."""
+    """Run one configuration once (after a tiny warm-up) in this process and return its measurements."""
     import torch
 
     from ideal_monai.losses import DenseLocalContrastiveLoss
@@ -64,6 +65,10 @@ def worker(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    def cpu_seconds():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     # load kernels / thread pools on a tiny problem so the baseline excludes one-off setup
     tiny = DenseLocalContrastiveLoss(chunk_size=8)
     tiny(torch.randn(1, 4, 4, 4, device=device, requires_grad=True), torch.randn(1, 4, 4, 4, device=device)).backward()
@@ -74,31 +79,18 @@ def worker(args) -> dict:
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    def cpu_seconds():
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    times, cpu_times = [], []
-    start_all = time.perf_counter()
-    while len(times) < args.repeats and (not times or time.perf_counter() - start_all < args.time_budget):
-        query.grad = key.grad = None
-        sync()
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        loss = step()
-        loss.backward()
-        sync()
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(cpu_seconds() - c0)
-        value = loss.item()
-        del loss
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    loss = step()
+    loss.backward()
+    sync()
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
 
     if device.type == "cuda":
         peak_extra = torch.cuda.max_memory_allocated() - base
     else:
         peak_extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"n": args.n, "method": args.method, "times_s": times, "median_s": statistics.median(times),
-            "cpu_median_s": statistics.median(cpu_times),
-            "peak_extra_mib": peak_extra / 2**20, "loss": value}
+    return {"n": args.n, "method": args.method, "wall_s": wall, "cpu_s": cpu, "peak_extra_mib": peak_extra / 2**20,
+            "loss": loss.item()}
 
 
 def reference_bytes(n: int) -> int:
@@ -113,8 +105,10 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=None, help="default: automatic (~64 MiB logits per chunk)")
-    p.add_argument("--repeats", type=int, default=3, help="timed fwd+bwd runs per configuration (median reported)")
-    p.add_argument("--time-budget", type=float, default=60.0, help="stop repeating after this many seconds")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over all configurations, interleaved so that background load hits all alike")
+    p.add_argument("--time-budget", type=float, default=60.0,
+                   help="a configuration whose run took longer than this is not repeated in later rounds")
     p.add_argument("--max-reference-gb", type=float, default=8.0, help="skip the reference when it would need more")
     p.add_argument("--methods", nargs="+", default=["chunked", "reference"], choices=["chunked", "reference"])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -125,35 +119,41 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-
-    rows = []
     for n in args.sizes:
         if n % (MAP_SIDE * MAP_SIDE):
             p.error(f"size {n} is not a multiple of {MAP_SIDE * MAP_SIDE}")
-        for method in args.methods:
-            if method == "reference" and reference_bytes(n) > args.max_reference_gb * 2**30:
-                print(f"N={n} reference: skipped, would need ~{reference_bytes(n) / 2**30:.0f} GiB "
-                      f"(> {args.max_reference_gb} GB)", file=sys.stderr)
-                rows.append({"n": n, "method": method, "skipped": reference_bytes(n) / 2**30})
+
+    configs = [(n, m) for n in args.sizes for m in args.methods]
+    runs = {c: [] for c in configs}
+    skipped = {(n, m): reference_bytes(n) / 2**30 for n, m in configs
+               if m == "reference" and reference_bytes(n) > args.max_reference_gb * 2**30}
+    load_before = os.getloadavg()
+    for _ in range(args.rounds):
+        for n, method in configs:
+            if (n, method) in skipped or (runs[n, method] and runs[n, method][-1]["wall_s"] > args.time_budget):
                 continue
             cmd = [sys.executable, __file__, "--worker", "--method", method, "--n", str(n),
-                   "--channels", str(args.channels), "--device", args.device, "--threads", str(args.threads),
-                   "--repeats", str(args.repeats), "--time-budget", str(args.time_budget)]
+                   "--channels", str(args.channels), "--device", args.device, "--threads", str(args.threads)]
             if args.chunk_size is not None:
                 cmd += ["--chunk-size", str(args.chunk_size)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            row = json.loads(out.strip().splitlines()[-1])
-            print(json.dumps(row), file=sys.stderr)
-            rows.append(row)
+            runs[n, method].append(json.loads(out.strip().splitlines()[-1]))
+            print(out.strip(), file=sys.stderr, flush=True)
+    load_after = os.getloadavg()
 
-    print("| N = B*H*W | method | fwd+bwd wall, median (s) | CPU time, median (s) | runs | peak extra memory (MiB) | loss |")
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load_after}\n")
+    print("| N = B*H*W | method | fwd+bwd wall, best / median (s) | CPU time, best / median (s) | runs "
+          "| peak extra memory (MiB) | loss |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "skipped" in r:
-            print(f"| {r['n']:,} | {r['method']} | skipped (needs ~{r['skipped']:.0f} GiB) | - | - | - | - |")
-        else:
-            print(f"| {r['n']:,} | {r['method']} | {r['median_s']:.3f} | {r['cpu_median_s']:.3f} | {len(r['times_s'])} | "
-                  f"{r['peak_extra_mib']:.0f} | {r['loss']:.4f} |")
+    for n, method in configs:
+        if (n, method) in skipped:
+            print(f"| {n:,} | {method} | skipped (needs ~{skipped[n, method]:.0f} GiB) | - | - | - | - |")
+            continue
+        r = runs[n, method]
+        wall, cpu = [x["wall_s"] for x in r], [x["cpu_s"] for x in r]
+        print(f"| {n:,} | {method} | {min(wall):.3f} / {statistics.median(wall):.3f} | "
+              f"{min(cpu):.3f} / {statistics.median(cpu):.3f} | {len(r)} | "
+              f"{max(x['peak_extra_mib'] for x in r):.0f} | {r[0]['loss']:.4f} |")
 
 
 if __name__ == "__main__":

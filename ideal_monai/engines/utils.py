@@ -32,3 +32,17 @@ def loss_terms(output: dict) -> dict[str, float]:
 def first_loss(output: dict) -> float:
     """``output["loss"]`` as a float (the ``output_transform`` of StatsHandler/progress bars)."""
     return float(output["loss"])
+
+
+def build_optimizer(name: str, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    """``"sgd"`` (momentum, the paper's default family) or ``"adam"`` / ``"adamw"``, from one config key."""
+    key = str(name).lower()
+    if key == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if key == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    from ..errors import IdealInputError
+
+    raise IdealInputError("--optimizer", f"expected 'sgd', 'adam' or 'adamw', got {name!r}")

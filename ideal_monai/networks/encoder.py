@@ -76,7 +76,8 @@ class UNetEncoder(nn.Module):
         self.min_size = 2 ** (len(features) - 1)
         self.conv_0 = TwoConv(spatial_dims, in_channels, features[0], act, norm, bias, dropout)
         self.downs = nn.ModuleList(
-            [Down(spatial_dims, features[i], features[i + 1], act, norm, bias, dropout) for i in range(len(features) - 1)]
+            [Down(spatial_dims, features[i], features[i + 1], act, norm, bias, dropout)
+             for i in range(len(features) - 1)]
         )
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:

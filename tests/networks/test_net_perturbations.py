@@ -32,7 +32,8 @@ def test_feature_dropout_zeros_top_region():
     expected_kept[0, 2:4, 2:4] = False
     expected_kept[1, 5:7, 0:3] = False
     assert torch.equal(y[:, 0] != 0, expected_kept)
-    torch.testing.assert_close(y[:, :, expected_kept[0] & expected_kept[1]], x[:, :, expected_kept[0] & expected_kept[1]])
+    both = expected_kept[0] & expected_kept[1]
+    torch.testing.assert_close(y[:, :, both], x[:, :, both])
 
 
 def test_feature_dropout_threshold_is_per_sample():

@@ -1,0 +1,645 @@
+"""Training-step and inference speed of IDEAL against the plain supervised U-Net of the same encoder.
+
+Three comparisons, each an IDEAL arm against a baseline arm, all measured in one process so that the
+ratios are fair (same threads, same allocator state, same background load):
+
+1. **Pre-training step vs supervised step.** One real :class:`~ideal_monai.engines.PretrainTrainer`
+   iteration (``PretrainNetwork`` forward on the concatenated views, ``2B`` images; the dense local
+   contrastive loss in both directions on random correspondences with a fixed fraction valid;
+   backward; AdamW step) against one real :class:`~ideal_monai.engines.TwoStreamTrainer` iteration
+   with a one-stream ``DualDecoderUNet`` (the bundle's supervised baseline: the same encoder plus
+   decoder 1, DiceCE on ``B`` labeled slices, backward, SGD step).
+2. **Fine-tuning step vs supervised step.** One real ``TwoStreamTrainer`` iteration of the
+   two-stream network on ``B_l`` labeled + ``B_u`` unlabeled slices (DiceCE on the labeled ones for
+   both streams + bidirectional consistency on all, backward, SGD step) against the one-stream
+   trainer on ``B_l + B_u`` labeled slices.
+3. **Inference seconds per volume.** The bundle's inference path (components parsed from
+   ``bundle/configs/inference.json``): :meth:`SegmentationEvaluator.segment_case` = load ->
+   preprocessing -> ``SliceInferer`` with the two-stream ``DualDecoderUNet`` -> softmax -> ``Invertd``
+   -> argmax -> largest component -> atomic NIfTI write, against the same evaluator with the one-stream
+   network; and network-only: ``SliceInferer`` over the preprocessed volume with either network.
+
+The trainers' ``_iteration`` is called directly on an in-memory batch (no data loading, no
+handlers), so a step is exactly the engine's math. Arms are interleaved (A, B, then B, A, ...) after
+warm-up and each reports the median over repetitions; the "paired ratio" is the median of the
+per-repetition ratios of adjacent A/B runs, which cancels slow changes of the background load.
+Peak RSS is per arm (the kernel's high-water mark, reset before every timed run via
+``/proc/self/clear_refs``; where that is not possible the process-wide peak is reported instead).
+
+Slices and volumes are real ACDC data from ``../shared/data/acdc`` when present, otherwise
+synthetic phantoms (:func:`ideal_monai.data.synthetic.write_synthetic_dataset`); the report says which.
+Networks are randomly initialised unless ``weights`` is given (speed does not depend on the weights,
+except the largest-component clean-up, whose cost depends on how fragmented the prediction is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SpeedConfig",
+    "ArmStats",
+    "Comparison",
+    "measure_interleaved",
+    "run_speed_benchmarks",
+    "format_table",
+    "format_report",
+    "default_data_dir",
+    "profile_step",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ("pretrain", "finetune", "inference")
+
+
+def default_data_dir() -> Path:
+    """``../shared/data/acdc`` relative to the repository root."""
+    return (REPO_ROOT.parent / "shared" / "data" / "acdc").resolve()
+
+
+@dataclasses.dataclass
+class SpeedConfig:
+    """Settings of one benchmark run (the defaults are the documented run, < ~10 min on 2 cores)."""
+
+    threads: int = 2
+    benchmarks: Sequence[str] = BENCHMARKS
+    patch: int = 256  #: in-plane patch of the training steps and of inference
+    batch_size: int = 16  #: B of the pre-training step (2B images through the network) and its baseline
+    batch_labeled: int = 12
+    batch_unlabeled: int = 12
+    valid_fraction: float = 0.8  #: fraction of query cells with a correspondence in the other view
+    warmup: int = 1
+    reps: int = 3
+    inference_reps: int | None = None  #: repetitions of the inference comparison (default: ``reps``)
+    num_volumes: int = 5
+    data_dir: str | os.PathLike | None = None
+    weights: str | os.PathLike | None = None  #: optional fine-tuned checkpoint for the inference networks
+    sw_batch_size: int | None = None  #: default: inference.json's
+    profile: bool = False  #: also print torch.profiler top ops of one step of each arm of a missed target
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ArmStats:
+    """Timings of one arm: ``wall``/``cpu`` seconds per repetition, ``peak_rss`` bytes."""
+
+    name: str
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    peak_rss: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+
+@dataclasses.dataclass
+class Comparison:
+    """IDEAL arm vs baseline arm; ``scale`` divides the times (e.g. volumes per repetition)."""
+
+    title: str
+    ideal: ArmStats
+    base: ArmStats
+    target: float | None
+    unit: str = "s/step"
+    scale: float = 1.0
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ideal.median / self.base.median
+
+    @property
+    def paired_ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.ideal.wall, self.base.wall)]
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.ideal.cpu_median / self.base.cpu_median
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio <= self.target
+
+
+# --------------------------------------------------------------------------------------------------
+# measurement
+
+
+_PROCESS_PEAK = 0  #: highest peak RSS seen before any reset (resets also lower ``ru_maxrss``)
+
+
+def process_peak_rss() -> int:
+    """Peak RSS of the whole run so far, in bytes, across the per-arm resets."""
+    return max(_PROCESS_PEAK, _peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where not possible."""
+    global _PROCESS_PEAK
+    _PROCESS_PEAK = max(_PROCESS_PEAK, _peak_rss())
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak RSS in bytes since the last reset (``VmHWM``), else the process-wide ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: int, warmup: int = 1,
+                        log: Callable[[str], None] | None = None) -> tuple[dict[str, ArmStats], bool]:
+    """Time several arms with their repetitions interleaved.
+
+    Args:
+        arms: name -> list of units (callables); one repetition of an arm runs all its units, and the
+            arms alternate unit by unit (e.g. volume by volume), in the given order on even
+            repetitions and reversed on odd ones (A B, B A, A B, ...), so a drift of the background
+            load hits all arms alike.
+        reps: timed repetitions; warmup: untimed repetitions first.
+
+    Returns:
+        ``({name: ArmStats}, per_arm_peak)``: ``per_arm_peak`` is False when the peak RSS could not be
+        reset, i.e. each arm's peak is the process-wide high-water mark.
+    """
+    names = list(arms)
+    n_units = {len(u) for u in arms.values()}
+    if len(n_units) != 1:
+        raise ValueError("every arm needs the same number of units")
+    n_units = n_units.pop()
+    for w in range(warmup):
+        for u in range(n_units):
+            for name in names:
+                arms[name][u]()
+        if log:
+            log(f"  warm-up {w + 1}/{warmup} done")
+    stats = {name: ArmStats(name) for name in names}
+    per_arm_peak = True
+    for r in range(reps):
+        order = names if r % 2 == 0 else names[::-1]
+        wall = dict.fromkeys(names, 0.0)
+        cpu = dict.fromkeys(names, 0.0)
+        for u in range(n_units):
+            for name in order:
+                per_arm_peak &= _reset_peak_rss()
+                c0, t0 = _cpu_seconds(), time.perf_counter()
+                arms[name][u]()
+                wall[name] += time.perf_counter() - t0
+                cpu[name] += _cpu_seconds() - c0
+                stats[name].peak_rss = max(stats[name].peak_rss, _peak_rss())
+        for name in names:
+            stats[name].wall.append(wall[name])
+            stats[name].cpu.append(cpu[name])
+        if log:
+            log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {wall[n]:.2f}s" for n in names))
+    return stats, per_arm_peak
+
+
+def profile_step(fn: Callable[[], object], row_limit: int = 15) -> str:
+    """torch.profiler table (top ops by self CPU time) of one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+def _find_volumes(data_dir: Path, n: int) -> list[tuple[Path, Path | None]]:
+    """First ``n`` ACDC-style ED volumes (``patientXXX/patientXXX_frame01.nii.gz``) with their labels."""
+    out = []
+    for folder in sorted(p for p in data_dir.glob("patient*") if p.is_dir()):
+        images = sorted(folder.glob(f"{folder.name}_frame[0-9][0-9].nii.gz"))
+        if not images:
+            continue
+        image = images[0]
+        label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
+        out.append((image, label if label.exists() else None))
+        if len(out) == n:
+            break
+    return out
+
+
+def _prepare_data(cfg: SpeedConfig, workdir: Path, log) -> tuple[list[tuple[Path, Path | None]], str]:
+    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
+    volumes = _find_volumes(data_dir, cfg.num_volumes) if data_dir.is_dir() else []
+    if len(volumes) >= cfg.num_volumes:
+        return volumes, f"real ACDC volumes from {data_dir} (first {len(volumes)} patients, ED frame)"
+    from ..data.synthetic import write_synthetic_dataset
+
+    synth = workdir / "phantoms"
+    log(f"no ACDC data at {data_dir}: writing {cfg.num_volumes} synthetic phantoms to {synth}")
+    write_synthetic_dataset(synth, num_cases=cfg.num_volumes, seed=cfg.seed)
+    volumes = _find_volumes(synth, cfg.num_volumes)
+    return volumes, f"SYNTHETIC phantoms (no ACDC data found at {data_dir}): {len(volumes)} volumes"
+
+
+def _load_slices(volumes, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All short-axis slices of ``volumes``, preprocessed as in training: ``(N, 1, P, P)`` float32 and
+    ``(N, 1, P, P)`` uint8 labels (zeros where a volume has no label)."""
+    from ..data import volume_preprocessing
+
+    with_label = volume_preprocessing(keys=["image", "label"], patch_size=(patch, patch))
+    image_only = volume_preprocessing(keys=["image"], patch_size=(patch, patch))
+    images, labels = [], []
+    for image, label in volumes:
+        if label is not None:
+            d = with_label({"image": image, "label": label})
+            lab = _plain(d["label"]).to(torch.uint8)
+        else:
+            d = image_only({"image": image})
+            lab = torch.zeros(d["image"].shape, dtype=torch.uint8)
+        img = _plain(d["image"])  # (1, P, P, Z)
+        images.append(img.permute(3, 0, 1, 2))
+        labels.append(lab.permute(3, 0, 1, 2))
+    return torch.cat(images).contiguous().float(), torch.cat(labels).contiguous()
+
+
+def _plain(t) -> torch.Tensor:
+    """A plain ``torch.Tensor`` (MetaTensors from the preprocessing carry metadata the batches never have)."""
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t)
+
+
+def _take(t: torch.Tensor, n: int, start: int = 0) -> torch.Tensor:
+    """``n`` items of ``t`` from ``start``, cycling when ``t`` has fewer."""
+    idx = torch.arange(start, start + n) % t.shape[0]
+    return t[idx].clone()
+
+
+def _random_matches(b: int, h: int, w: int, valid_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """``(B, h, w)`` correspondences: a random key cell per query cell, ``1 - valid_fraction`` set to -1."""
+    s = h * w
+    match = torch.randint(0, s, (b, s), generator=gen)
+    match[torch.rand(b, s, generator=gen) >= valid_fraction] = -1
+    return match.reshape(b, h, w)
+
+
+def _bundle_values(name: str) -> dict:
+    path = REPO_ROOT / "bundle" / "configs" / f"{name}.json"
+    with open(path) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------------
+# the three comparisons
+
+
+def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_streams=1, unlabeled=None):
+    """A real TwoStreamTrainer (bundle losses/optimizer) and its one in-memory batch."""
+    from monai.losses import DiceCELoss
+
+    from ..engines import TwoStreamTrainer
+    from ..losses import BidirectionalConsistencyLoss
+    from ..networks import DualDecoderUNet
+
+    net = DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=num_classes, features=features,
+                          num_streams=num_streams)
+    opt = torch.optim.SGD(net.parameters(), lr=float(train_cfg.get("learning_rate", 0.01)),
+                          momentum=float(train_cfg.get("momentum", 0.9)),
+                          weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
+    batch = {"image": slices, "label": labels}
+    trainer = TwoStreamTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net, optimizer=opt,
+        unlabeled_data_loader=None if unlabeled is None else [{"image": unlabeled}],
+        supervised_loss=DiceCELoss(to_onehot_y=True, softmax=True),
+        consistency_loss=BidirectionalConsistencyLoss(confidence_threshold=train_cfg.get("confidence_threshold")),
+        consistency_weight=float(train_cfg.get("lambda_max", 1.0)),  # lambda's value does not change the cost
+    )
+    return (lambda: trainer._iteration(trainer, batch)), net
+
+
+def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
+    from ..engines import PretrainTrainer
+    from ..losses import DenseLocalContrastiveLoss
+    from ..networks import PretrainNetwork
+
+    pre_cfg, train_cfg = _bundle_values("pretrain"), _bundle_values("train")
+    features = tuple(pre_cfg.get("features", (16, 32, 64, 128, 256)))
+    b, p = cfg.batch_size, cfg.patch
+    gen = torch.Generator().manual_seed(cfg.seed)
+    view_q = _take(slices, b)
+    # a second view of the same slices: flipped, brighter, noisier (content does not change the cost)
+    view_k = (view_q.flip(-1) * 1.1 + 0.05 * torch.randn(view_q.shape, generator=gen)).clamp_(0, 1)
+    net = PretrainNetwork(encoder={"spatial_dims": 2, "in_channels": 1, "features": features},
+                          dense_levels=tuple(pre_cfg.get("dense_levels", (-1,))),
+                          dense_head_kwargs={"out_channels": int(pre_cfg.get("projection_channels", 128)),
+                                             "num_layers": int(pre_cfg.get("head_layers", 2))})
+    strides = net.dense_strides()
+    batch = {"view_q": view_q, "view_k": view_k}
+    cells = 0
+    valid = 0
+    for s in strides:
+        suffix = "" if s == max(strides) else f"_s{s}"
+        for key in ("qk", "kq"):
+            m = _random_matches(b, p // s, p // s, cfg.valid_fraction, gen)
+            batch[f"match_{key}{suffix}"] = m
+            cells += m.numel()
+            valid += int((m >= 0).sum())
+    opt = torch.optim.AdamW(net.parameters(), lr=float(pre_cfg.get("learning_rate", 1e-3)),
+                            weight_decay=float(pre_cfg.get("weight_decay", 1e-4)))
+    trainer = PretrainTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
+                              optimizer=opt, dense_loss=DenseLocalContrastiveLoss(float(pre_cfg.get("temperature", 0.1))))
+    pretrain_step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
+    sup_step, _ = _supervised_trainer(_take(slices, b), _take(labels, b), features, 4, train_cfg)
+    log(f"[1/3] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
+        f"vs supervised step ({b} slices)")
+    arms = {"pretrain": [pretrain_step], f"supervised_{b}": [sup_step]}
+    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log)
+    comp = Comparison(f"Pre-training step vs supervised step (B={b}, {p}x{p})", stats["pretrain"],
+                      stats[f"supervised_{b}"], 1.3,
+                      note=f"IDEAL: PretrainTrainer iteration, 2x{b} images, dense loss both ways, "
+                           f"{100 * valid / cells:.0f}% of cells matched, AdamW; baseline: TwoStreamTrainer, "
+                           f"1 stream, DiceCE on {b}, SGD")
+    return comp, {"arms": arms, "per_arm_peak": per_arm}
+
+
+def _finetune_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
+    train_cfg = _bundle_values("train")
+    features = tuple(train_cfg.get("features", (16, 32, 64, 128, 256)))
+    nc = int(train_cfg.get("num_classes", 4))
+    bl, bu, p = cfg.batch_labeled, cfg.batch_unlabeled, cfg.patch
+    x_l, y_l = _take(slices, bl), _take(labels, bl)
+    x_u = _take(slices, bu, start=bl)
+    ideal_step, _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u)
+    sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg)
+    log(f"[2/3] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
+    arms = {"finetune": [ideal_step], f"supervised_{bl + bu}": [sup_step]}
+    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log)
+    comp = Comparison(f"Fine-tuning step vs supervised step ({bl}+{bu} slices, {p}x{p})", stats["finetune"],
+                      stats[f"supervised_{bl + bu}"], 1.6,
+                      note=f"IDEAL: TwoStreamTrainer iteration, 2 streams, DiceCE on {bl} x 2 streams + BCR on "
+                           f"{bl + bu}, SGD; baseline: TwoStreamTrainer, 1 stream, DiceCE on {bl + bu}, SGD")
+    return comp, {"arms": arms, "per_arm_peak": per_arm}
+
+
+def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison], dict]:
+    from monai.bundle import ConfigParser
+
+    from ..inference import SegmentationEvaluator
+    from ..networks import DualDecoderUNet
+    from ..utils import load_model_weights
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundle" / "configs" / "inference.json"))
+    parser["patch_size"] = [cfg.patch, cfg.patch]
+    if cfg.sw_batch_size is not None:
+        parser["sw_batch_size"] = int(cfg.sw_batch_size)
+    preprocessing = parser.get_parsed_content("preprocessing")
+    inferer = parser.get_parsed_content("inferer")
+    postprocessing = parser.get_parsed_content("postprocessing")  # its Invertd holds the same preprocessing
+    features = tuple(parser["features"])
+    nc = int(parser["num_classes"])
+
+    nets = {}
+    for s in (2, 1):
+        net = DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=nc, features=features, num_streams=s)
+        if cfg.weights is not None:
+            net = load_model_weights(net, cfg.weights, strict=s == 2)  # 1 stream: decoder2.* is unused
+        nets[s] = net.eval()
+    evaluators = {
+        s: SegmentationEvaluator(device=torch.device("cpu"), val_data_loader=[], network=nets[s],
+                                 preprocessing=preprocessing, inferer=inferer, postprocessing=postprocessing,
+                                 output_dir=workdir / f"pred_{s}stream", overwrite=True)
+        for s in (2, 1)
+    }
+    cases = [{"image": img, "case_id": img.name.replace(".nii.gz", "")} for img, _ in volumes]
+    pre = [preprocessing({"image": c["image"]})["image"] for c in cases]
+    inputs = [_plain(x)[None].contiguous() for x in pre]  # (1, 1, P, P, Z) plain tensors
+    n_slices = sum(int(x.shape[-1]) for x in inputs)
+
+    def full(s, c):
+        return lambda: evaluators[s].segment_case(c)
+
+    def net_only(s, x):
+        def run():
+            with torch.no_grad():
+                return inferer(x, nets[s])
+        return run
+
+    arms = {
+        "ideal_full": [full(2, c) for c in cases],
+        "base_full": [full(1, c) for c in cases],
+        "ideal_net": [net_only(2, x) for x in inputs],
+        "base_net": [net_only(1, x) for x in inputs],
+    }
+    reps = cfg.inference_reps or cfg.reps
+    log(f"[3/3] inference per volume ({len(cases)} volumes, {n_slices} slices, sw_batch_size "
+        f"{parser['sw_batch_size']}): full evaluator path and SliceInferer network-only, 2 vs 1 stream")
+    stats, per_arm = measure_interleaved(arms, reps, cfg.warmup, log)
+    n = len(cases)
+    w = "fine-tuned weights" if cfg.weights else "random weights"
+    comps = [
+        Comparison("Inference, network only (SliceInferer), s/volume", stats["ideal_net"], stats["base_net"], 1.6,
+                   unit="s/volume", scale=n,
+                   note=f"2-stream ensemble (eval) vs 1-stream U-Net, same preprocessed volumes, {w}"),
+        Comparison("Inference, full pipeline (SegmentationEvaluator), s/volume", stats["ideal_full"],
+                   stats["base_full"], 1.6, unit="s/volume", scale=n,
+                   note="load, preprocessing, SliceInferer, softmax, Invertd, argmax, largest component, "
+                        "atomic NIfTI write; baseline: the same evaluator with the 1-stream network"),
+        Comparison("Inference, IDEAL full pipeline vs plain U-Net network only, s/volume", stats["ideal_full"],
+                   stats["base_net"], None, unit="s/volume", scale=n,
+                   note="strictest reading: everything IDEAL does per file vs the bare baseline forward"),
+    ]
+    return comps, {"arms": arms, "per_arm_peak": per_arm, "n_slices": n_slices}
+
+
+# --------------------------------------------------------------------------------------------------
+# environment and report
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _environment(cfg: SpeedConfig) -> dict:
+    import monai
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": affinity,
+        "threads": cfg.threads,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _mib(b: int) -> str:
+    return f"{b / 2**20:,.0f}"
+
+
+def format_table(comparisons: Sequence[Comparison]) -> str:
+    """The Markdown results table."""
+    rows = [
+        "| Comparison | IDEAL (median) | Baseline (median) | Ratio | Paired ratio [min-max] | CPU-time ratio "
+        "| Target | Met | Peak RSS MiB (IDEAL / baseline) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        pr = c.paired_ratios
+        met = "-" if c.met is None else ("yes" if c.met else "**NO**")
+        target = "-" if c.target is None else f"<= {c.target:g}x"
+        rows.append(
+            f"| {c.title} | {c.ideal.median / c.scale:.2f} {c.unit} | {c.base.median / c.scale:.2f} {c.unit} "
+            f"| {c.ratio:.2f}x | {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}] | {c.cpu_ratio:.2f}x "
+            f"| {target} | {met} | {_mib(c.ideal.peak_rss)} / {_mib(c.base.peak_rss)} |"
+        )
+    return "\n".join(rows)
+
+
+def format_report(result: dict) -> str:
+    """Table plus machine, command, data, load and per-arm details, as Markdown."""
+    env, cfg = result["env"], result["config"]
+    comps = result["comparisons"]
+    la0, la1 = result["load_before"], result["load_after"]
+    lines = [
+        format_table(comps),
+        "",
+        f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
+        f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
+        f"Python {env['python']}.",
+        f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min.",
+        f"- Command: `{result['command']}`",
+        f"- Data: {result['data']}.",
+        f"- Repetitions: {cfg.warmup} warm-up + {cfg.reps} timed per arm (inference: "
+        f"{cfg.inference_reps or cfg.reps}), arms interleaved A,B / B,A; medians of wall time.",
+        f"- Load average (1/5/15 min) before: {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
+        f"after: {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} (on {env['logical_cpus']} logical CPUs).",
+        f"- Process peak RSS: {_mib(result['process_peak_rss'])} MiB"
+        + ("" if result["per_arm_peak"] else " (per-arm peaks could not be reset: they are process-wide marks)")
+        + ".",
+        "",
+        "Per-arm wall times (s per repetition):",
+        "",
+    ]
+    seen = set()
+    for c in comps:
+        for arm in (c.ideal, c.base):
+            if arm.name in seen:
+                continue
+            seen.add(arm.name)
+            lines.append(f"- `{arm.name}`: " + ", ".join(f"{t:.2f}" for t in arm.wall)
+                         + f" (CPU s: " + ", ".join(f"{t:.1f}" for t in arm.cpu) + ")")
+    lines.append("")
+    lines.append("What each row measures:")
+    lines.append("")
+    for c in comps:
+        lines.append(f"- {c.title}: {c.note}.")
+    return "\n".join(lines)
+
+
+def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
+                         log: Callable[[str], None] | None = None) -> dict:
+    """Run the selected comparisons in this process; returns a dict with ``comparisons`` and a
+    Markdown ``report`` (and ``profiles``, top ops of missed targets, when ``cfg.profile``)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    unknown = set(cfg.benchmarks) - set(BENCHMARKS)
+    if unknown:
+        raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (parallel work has started in this process)
+        pass
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    comparisons: list[Comparison] = []
+    extras: list[tuple[list[Comparison], dict]] = []
+    per_arm_peak = True
+    with tempfile.TemporaryDirectory(prefix="ideal_speed_") as tmp:
+        workdir = Path(tmp)
+        volumes, data_note = _prepare_data(cfg, workdir, log)
+        slices, labels = _load_slices(volumes, cfg.patch)
+        log(f"data: {data_note}; {slices.shape[0]} slices of {cfg.patch}x{cfg.patch}")
+        if "pretrain" in cfg.benchmarks:
+            c, x = _pretrain_comparison(cfg, slices, labels, log)
+            comparisons.append(c)
+            extras.append(([c], x))
+        if "finetune" in cfg.benchmarks:
+            c, x = _finetune_comparison(cfg, slices, labels, log)
+            comparisons.append(c)
+            extras.append(([c], x))
+        if "inference" in cfg.benchmarks:
+            cs, x = _inference_comparison(cfg, volumes, workdir, log)
+            comparisons.extend(cs)
+            extras.append((cs, x))
+        for _, x in extras:
+            per_arm_peak &= x["per_arm_peak"]
+        profiles = {}
+        if cfg.profile:
+            for cs, x in extras:
+                for c in cs:
+                    if c.met is False:
+                        for arm in (c.ideal.name, c.base.name):
+                            if arm not in profiles:
+                                log(f"profiling one unit of {arm}")
+                                profiles[arm] = profile_step(x["arms"][arm][0])
+    result = {
+        "config": cfg,
+        "env": _environment(cfg),
+        "comparisons": comparisons,
+        "data": data_note,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "process_peak_rss": process_peak_rss(),
+        "per_arm_peak": per_arm_peak,
+        "total_s": time.perf_counter() - t_start,
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "profiles": profiles,
+    }
+    result["report"] = format_report(result)
+    return result

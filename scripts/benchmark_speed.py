@@ -1,0 +1,69 @@
+"""Step and inference speed of IDEAL vs the plain supervised U-Net of the same encoder, on CPU.
+
+All arms run in one process, interleaved, after warm-up; medians of the repetitions. See
+``ideal_monai/benchmarks/speed.py`` for what exactly each arm runs, and docs/BENCHMARKS.md for results.
+
+    python scripts/benchmark_speed.py                                   # the documented run (~10 min, 2 cores)
+    python scripts/benchmark_speed.py --patch 128 --reps 5 --output speed.md
+    python scripts/benchmark_speed.py --benchmarks inference --data_dir /path/to/acdc --weights models/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from ideal_monai.benchmarks.speed import BENCHMARKS, SpeedConfig, run_speed_benchmarks  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=BENCHMARKS)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--patch", type=int, default=256, choices=[128, 256], help="in-plane patch size (default 256)")
+    p.add_argument("--batch_size", type=int, default=16, help="B of the pre-training comparison (default 16)")
+    p.add_argument("--batch_labeled", type=int, default=12)
+    p.add_argument("--batch_unlabeled", type=int, default=12)
+    p.add_argument("--valid_fraction", type=float, default=0.8, help="fraction of matched cells (default 0.8)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed repetitions per arm (default 1)")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per arm (default 3)")
+    p.add_argument("--inference_reps", type=int, default=None, help="default: --reps")
+    p.add_argument("--num_volumes", type=int, default=5)
+    p.add_argument("--data_dir", default=None, help="ACDC-style folder (default ../shared/data/acdc from the repo); "
+                                                    "synthetic phantoms when absent")
+    p.add_argument("--weights", default=None, help="optional fine-tuned model.pt for the inference networks")
+    p.add_argument("--sw_batch_size", type=int, default=None, help="default: bundle/configs/inference.json's")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler top ops for the arms of missed targets")
+    p.add_argument("--output", default=None, help="also write the Markdown report here")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if not 0.0 < args.valid_fraction <= 1.0:
+        p.error("--valid_fraction must be in (0, 1]")
+    if min(args.reps, args.batch_size, args.batch_labeled, args.batch_unlabeled, args.num_volumes, args.threads) < 1:
+        p.error("counts must be positive")
+
+    cfg = SpeedConfig(
+        threads=args.threads, benchmarks=tuple(args.benchmarks), patch=args.patch, batch_size=args.batch_size,
+        batch_labeled=args.batch_labeled, batch_unlabeled=args.batch_unlabeled, valid_fraction=args.valid_fraction,
+        warmup=args.warmup, reps=args.reps, inference_reps=args.inference_reps, num_volumes=args.num_volumes,
+        data_dir=args.data_dir, weights=args.weights, sw_batch_size=args.sw_batch_size, profile=args.profile,
+        seed=args.seed,
+    )
+    command = "python scripts/benchmark_speed.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+    result = run_speed_benchmarks(cfg, command=command)
+    print(result["report"])
+    for arm, table in result["profiles"].items():
+        print(f"\n### torch.profiler, one unit of `{arm}` (top ops by self CPU time)\n\n```\n{table}\n```")
+    if args.output:
+        text = result["report"] + "".join(
+            f"\n\n### torch.profiler, one unit of `{arm}`\n\n```\n{t}\n```" for arm, t in result["profiles"].items())
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
