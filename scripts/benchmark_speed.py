@@ -5,19 +5,23 @@ All arms run in one process, interleaved, after warm-up; medians of the repetiti
 
     python scripts/benchmark_speed.py                                   # the documented run (~10 min, 2 cores)
     python scripts/benchmark_speed.py --patch 128 --reps 5 --output speed.md
+    python scripts/benchmark_speed.py --omp_wait_policy PASSIVE           # no OpenMP spin-waiting (shared CPUs)
     python scripts/benchmark_speed.py --benchmarks inference --data_dir /path/to/acdc --weights models/model.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.speed import BENCHMARKS, SpeedConfig, run_speed_benchmarks  # noqa: E402
+# torch is imported only after the arguments are read: --omp_wait_policy must be in the environment
+# before the OpenMP runtime starts.
+BENCHMARKS = ("pretrain", "finetune", "inference")
 
 
 def main(argv=None) -> int:
@@ -30,17 +34,28 @@ def main(argv=None) -> int:
     p.add_argument("--batch_unlabeled", type=int, default=12)
     p.add_argument("--valid_fraction", type=float, default=0.8, help="fraction of matched cells (default 0.8)")
     p.add_argument("--warmup", type=int, default=1, help="untimed repetitions per arm (default 1)")
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions per arm (default 3)")
-    p.add_argument("--inference_reps", type=int, default=None, help="default: --reps")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per arm, at least (default 3)")
+    p.add_argument("--budget_s", type=float, default=90.0,
+                   help="per comparison: add repetitions while they fit in this many seconds (default 90)")
+    p.add_argument("--max_reps", type=int, default=15, help="at most this many repetitions (default 15)")
+    p.add_argument("--inference_reps", type=int, default=None, help="minimum for inference (default: --reps)")
     p.add_argument("--num_volumes", type=int, default=5)
     p.add_argument("--data_dir", default=None, help="ACDC-style folder (default ../shared/data/acdc from the repo); "
                                                     "synthetic phantoms when absent")
     p.add_argument("--weights", default=None, help="optional fine-tuned model.pt for the inference networks")
     p.add_argument("--sw_batch_size", type=int, default=None, help="default: bundle/configs/inference.json's")
-    p.add_argument("--profile", action="store_true", help="print torch.profiler top ops for the arms of missed targets")
+    p.add_argument("--profile", action="store_true",
+                   help="for a missed target: torch.profiler top ops of each arm (and, for fine-tuning, the "
+                        "step's cost by component)")
     p.add_argument("--output", default=None, help="also write the Markdown report here")
+    p.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE"], default=None,
+                   help="set OMP_WAIT_POLICY for this run (default: leave the environment as it is). PASSIVE "
+                        "stops idle OpenMP threads from spinning, which matters on a machine shared with other work")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    from ideal_monai.benchmarks.speed import SpeedConfig, run_speed_benchmarks
     if not 0.0 < args.valid_fraction <= 1.0:
         p.error("--valid_fraction must be in (0, 1]")
     if min(args.reps, args.batch_size, args.batch_labeled, args.batch_unlabeled, args.num_volumes, args.threads) < 1:
@@ -49,18 +64,16 @@ def main(argv=None) -> int:
     cfg = SpeedConfig(
         threads=args.threads, benchmarks=tuple(args.benchmarks), patch=args.patch, batch_size=args.batch_size,
         batch_labeled=args.batch_labeled, batch_unlabeled=args.batch_unlabeled, valid_fraction=args.valid_fraction,
-        warmup=args.warmup, reps=args.reps, inference_reps=args.inference_reps, num_volumes=args.num_volumes,
+        warmup=args.warmup, reps=args.reps, budget_s=args.budget_s, max_reps=args.max_reps,
+        inference_reps=args.inference_reps, num_volumes=args.num_volumes,
         data_dir=args.data_dir, weights=args.weights, sw_batch_size=args.sw_batch_size, profile=args.profile,
         seed=args.seed,
     )
     command = "python scripts/benchmark_speed.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = run_speed_benchmarks(cfg, command=command)
-    print(result["report"])
-    for arm, table in result["profiles"].items():
-        print(f"\n### torch.profiler, one unit of `{arm}` (top ops by self CPU time)\n\n```\n{table}\n```")
+    text = result["report"] + "".join(f"\n\n#### {title}\n\n{body}" for title, body in result["profiles"].items())
+    print(text)
     if args.output:
-        text = result["report"] + "".join(
-            f"\n\n### torch.profiler, one unit of `{arm}`\n\n```\n{t}\n```" for arm, t in result["profiles"].items())
         Path(args.output).write_text(text + "\n")
     return 0
 

@@ -85,8 +85,10 @@ class SpeedConfig:
     batch_unlabeled: int = 12
     valid_fraction: float = 0.8  #: fraction of query cells with a correspondence in the other view
     warmup: int = 1
-    reps: int = 3
-    inference_reps: int | None = None  #: repetitions of the inference comparison (default: ``reps``)
+    reps: int = 3  #: timed repetitions per arm, at least
+    budget_s: float = 90.0  #: per comparison: more repetitions (up to ``max_reps``) while they fit in this time
+    max_reps: int = 15
+    inference_reps: int | None = None  #: minimum repetitions of the inference comparison (default: ``reps``)
     num_volumes: int = 5
     data_dir: str | os.PathLike | None = None
     weights: str | os.PathLike | None = None  #: optional fine-tuned checkpoint for the inference networks
@@ -102,7 +104,8 @@ class ArmStats:
     name: str
     wall: list[float] = dataclasses.field(default_factory=list)
     cpu: list[float] = dataclasses.field(default_factory=list)
-    peak_rss: int = 0
+    peak_rss: int = 0  #: highest VmHWM during one of its runs (absolute, includes what the process already held)
+    peak_delta: int = 0  #: highest VmHWM minus the RSS right before the run: the memory the run itself needs
 
     @property
     def median(self) -> float:
@@ -154,6 +157,25 @@ def process_peak_rss() -> int:
     return max(_PROCESS_PEAK, _peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so one arm's peak does not start from the
+    previous arm's leftovers; a no-op elsewhere."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where not possible."""
     global _PROCESS_PEAK
@@ -166,16 +188,26 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss() -> int:
-    """Peak RSS in bytes since the last reset (``VmHWM``), else the process-wide ``ru_maxrss``."""
+def _status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return None
+
+
+def _peak_rss() -> int:
+    """Peak RSS in bytes since the last reset (``VmHWM``), else the process-wide ``ru_maxrss``."""
+    kib = _status_kib("VmHWM")
+    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else 0
 
 
 def _cpu_seconds() -> float:
@@ -184,7 +216,8 @@ def _cpu_seconds() -> float:
 
 
 def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: int, warmup: int = 1,
-                        log: Callable[[str], None] | None = None) -> tuple[dict[str, ArmStats], bool]:
+                        log: Callable[[str], None] | None = None, budget_s: float = 0.0,
+                        max_reps: int | None = None) -> tuple[dict[str, ArmStats], bool]:
     """Time several arms with their repetitions interleaved.
 
     Args:
@@ -192,7 +225,9 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
             arms alternate unit by unit (e.g. volume by volume), in the given order on even
             repetitions and reversed on odd ones (A B, B A, A B, ...), so a drift of the background
             load hits all arms alike.
-        reps: timed repetitions; warmup: untimed repetitions first.
+        reps: timed repetitions (at least); warmup: untimed repetitions first.
+        budget_s: keep adding repetitions while the timed ones so far plus one more fit in this many
+            seconds (cheap comparisons get more repetitions), up to ``max_reps``.
 
     Returns:
         ``({name: ArmStats}, per_arm_peak)``: ``per_arm_peak`` is False when the peak RSS could not be
@@ -203,6 +238,8 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
     if len(n_units) != 1:
         raise ValueError("every arm needs the same number of units")
     n_units = n_units.pop()
+    reps = max(1, int(reps))
+    max_reps = max(reps, max_reps if max_reps is not None else reps)
     for w in range(warmup):
         for u in range(n_units):
             for name in names:
@@ -211,23 +248,30 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
             log(f"  warm-up {w + 1}/{warmup} done")
     stats = {name: ArmStats(name) for name in names}
     per_arm_peak = True
-    for r in range(reps):
+    t_first = time.perf_counter()
+    r = 0
+    while r < reps or (r < max_reps and (time.perf_counter() - t_first) * (r + 1) / r <= budget_s):
         order = names if r % 2 == 0 else names[::-1]
         wall = dict.fromkeys(names, 0.0)
         cpu = dict.fromkeys(names, 0.0)
         for u in range(n_units):
             for name in order:
+                _malloc_trim()
                 per_arm_peak &= _reset_peak_rss()
+                rss0 = _current_rss()
                 c0, t0 = _cpu_seconds(), time.perf_counter()
                 arms[name][u]()
                 wall[name] += time.perf_counter() - t0
                 cpu[name] += _cpu_seconds() - c0
-                stats[name].peak_rss = max(stats[name].peak_rss, _peak_rss())
+                peak = _peak_rss()
+                stats[name].peak_rss = max(stats[name].peak_rss, peak)
+                stats[name].peak_delta = max(stats[name].peak_delta, peak - rss0)
         for name in names:
             stats[name].wall.append(wall[name])
             stats[name].cpu.append(cpu[name])
+        r += 1
         if log:
-            log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{n} {wall[n]:.2f}s" for n in names))
+            log(f"  rep {r}: " + ", ".join(f"{n} {wall[n]:.2f}s" for n in names))
     return stats, per_arm_peak
 
 
@@ -238,6 +282,104 @@ def profile_step(fn: Callable[[], object], row_limit: int = 15) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
+
+
+def _median_time(fn: Callable[[], object], reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: int = 256, n_labeled: int = 12,
+                       n_unlabeled: int = 12, num_classes: int = 4, reps: int = 3,
+                       log: Callable[[str], None] | None = None) -> str:
+    """Where the fine-tuning step's time goes: forward + backward of each component on its real input
+    size, and how often each appears in the two-stream step and in the one-stream baseline step.
+
+    Returns a Markdown table with the per-component medians and the ratio they predict.
+    """
+    from monai.losses import DiceCELoss
+
+    from ..losses import BidirectionalConsistencyLoss
+    from ..networks import DualDecoderUNet, FeatureDropout, FeatureNoise
+
+    n = n_labeled + n_unlabeled
+    gen = torch.Generator().manual_seed(0)
+    net = DualDecoderUNet(features=features, out_channels=num_classes, num_streams=2).train()
+    base = DualDecoderUNet(features=features, out_channels=num_classes, num_streams=1).train()
+    x = torch.rand(n, 1, patch, patch, generator=gen)
+    with torch.no_grad():
+        skips = [t.detach() for t in net.encoder(x)]
+
+    def leaves():
+        return [t.clone().requires_grad_() for t in skips]
+
+    def encoder():
+        sum(t.sum() for t in net.encoder(x)).backward()
+
+    def decoder(dec, perturb=None):
+        def run():
+            feats = leaves()
+            dec([perturb(f) for f in feats] if perturb is not None else feats).sum().backward()
+        return run
+
+    def full_res_level(dec):
+        with torch.no_grad():
+            h = skips[-1]
+            for i, up in enumerate(dec.ups[:-1]):
+                h = up(h, skips[len(skips) - 2 - i])
+        h = h.detach()
+
+        def run():
+            a, b = h.clone().requires_grad_(), skips[0].clone().requires_grad_()
+            dec.final_conv(dec.ups[-1](a, b)).sum().backward()
+        return run
+
+    def perturbation(p):
+        def run():
+            sum(p(f).sum() for f in leaves()).backward()
+        return run
+
+    y = torch.randint(0, num_classes, (n, 1, patch, patch), generator=gen).to(torch.uint8)
+    z1 = torch.randn(n, num_classes, patch, patch, generator=gen).requires_grad_()
+    z2 = torch.randn(n, num_classes, patch, patch, generator=gen).requires_grad_()
+    dice_ce, bcr = DiceCELoss(to_onehot_y=True, softmax=True), BidirectionalConsistencyLoss()
+    for m in (net, base):
+        for prm in m.parameters():
+            prm.grad = torch.randn_like(prm)
+    opt2 = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt1 = torch.optim.SGD(base.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    # name, fn, times in the two-stream step, times in the one-stream step, counted in the totals
+    comps = [
+        (f"encoder E ({n} slices)", encoder, 1, 1, True),
+        ("decoder D1 (deconv), all levels + 1x1", decoder(net.decoder1), 1, 1, True),
+        ("decoder D2 (bilinear), all levels + 1x1", decoder(net.decoder2), 1, 0, True),
+        ("  of which D1 full-resolution level (UpCat 32->16 + 1x1)", full_res_level(net.decoder1), 0, 0, False),
+        ("  of which D2 full-resolution level (UpCat 32->16 + 1x1)", full_res_level(net.decoder2), 0, 0, False),
+        ("feature noise on all 5 skips (stream 1)", perturbation(FeatureNoise().train()), 1, 0, True),
+        ("feature dropout on all 5 skips (stream 2)", perturbation(FeatureDropout().train()), 1, 0, True),
+        (f"DiceCE on {n_labeled} slices", lambda: dice_ce(z1[:n_labeled], y[:n_labeled]).backward(), 2, 0, True),
+        (f"BCR loss on {n} slices", lambda: bcr(z1, z2).backward(), 1, 0, True),
+        (f"DiceCE on {n} slices", lambda: dice_ce(z1, y).backward(), 0, 1, True),
+        ("SGD step, 2-stream parameters", opt2.step, 1, 0, True),
+        ("SGD step, 1-stream parameters", opt1.step, 0, 1, True),
+    ]
+    rows = ["| Component (forward + backward) | s | in 2-stream step | in 1-stream step |", "|---|---|---|---|"]
+    tot2 = tot1 = 0.0
+    for name, fn, c2, c1, counted in comps:
+        t = _median_time(fn, reps)
+        if log:
+            log(f"  breakdown: {name.strip()}: {t:.3f}s")
+        if counted:
+            tot2, tot1 = tot2 + c2 * t, tot1 + c1 * t
+        rows.append(f"| {name} | {t:.2f} | {c2 if counted else '-'} | {c1 if counted else '-'} |")
+    rows.append(f"| **sum** | | **{tot2:.2f}** | **{tot1:.2f}** (predicted ratio {tot2 / tot1:.2f}x) |")
+    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,7 +525,7 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     log(f"[1/3] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
         f"vs supervised step ({b} slices)")
     arms = {"pretrain": [pretrain_step], f"supervised_{b}": [sup_step]}
-    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log)
+    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
     comp = Comparison(f"Pre-training step vs supervised step (B={b}, {p}x{p})", stats["pretrain"],
                       stats[f"supervised_{b}"], 1.3,
                       note=f"IDEAL: PretrainTrainer iteration, 2x{b} images, dense loss both ways, "
@@ -403,7 +545,7 @@ def _finetune_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg)
     log(f"[2/3] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
     arms = {"finetune": [ideal_step], f"supervised_{bl + bu}": [sup_step]}
-    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log)
+    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
     comp = Comparison(f"Fine-tuning step vs supervised step ({bl}+{bu} slices, {p}x{p})", stats["finetune"],
                       stats[f"supervised_{bl + bu}"], 1.6,
                       note=f"IDEAL: TwoStreamTrainer iteration, 2 streams, DiceCE on {bl} x 2 streams + BCR on "
@@ -464,7 +606,7 @@ def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison],
     reps = cfg.inference_reps or cfg.reps
     log(f"[3/3] inference per volume ({len(cases)} volumes, {n_slices} slices, sw_batch_size "
         f"{parser['sw_batch_size']}): full evaluator path and SliceInferer network-only, 2 vs 1 stream")
-    stats, per_arm = measure_interleaved(arms, reps, cfg.warmup, log)
+    stats, per_arm = measure_interleaved(arms, reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
     n = len(cases)
     w = "fine-tuned weights" if cfg.weights else "random weights"
     comps = [
@@ -512,6 +654,9 @@ def _environment(cfg: SpeedConfig) -> dict:
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
+        "omp": ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS",
+                                                             "KMP_BLOCKTIME") if k in os.environ)
+               or "OMP_WAIT_POLICY unset (OpenMP default: threads spin while waiting)",
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
 
@@ -520,11 +665,18 @@ def _mib(b: int) -> str:
     return f"{b / 2**20:,.0f}"
 
 
+def _ratio_text(ratio: float, target: float | None) -> str:
+    """``1.23x``; three decimals where two would round onto the target and hide which side it is on."""
+    if target is not None and abs(round(ratio, 2) - target) < 1e-9 and ratio != target:
+        return f"{ratio:.3f}x"
+    return f"{ratio:.2f}x"
+
+
 def format_table(comparisons: Sequence[Comparison]) -> str:
     """The Markdown results table."""
     rows = [
-        "| Comparison | IDEAL (median) | Baseline (median) | Ratio | Paired ratio [min-max] | CPU-time ratio "
-        "| Target | Met | Peak RSS MiB (IDEAL / baseline) |",
+        "| Comparison | IDEAL (median) | Baseline (median) | Ratio | Paired ratio, median [min-max] | Reps "
+        "| Target | Met | Peak RSS MiB, IDEAL / baseline (+ the run's own increase) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
@@ -533,8 +685,9 @@ def format_table(comparisons: Sequence[Comparison]) -> str:
         target = "-" if c.target is None else f"<= {c.target:g}x"
         rows.append(
             f"| {c.title} | {c.ideal.median / c.scale:.2f} {c.unit} | {c.base.median / c.scale:.2f} {c.unit} "
-            f"| {c.ratio:.2f}x | {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}] | {c.cpu_ratio:.2f}x "
-            f"| {target} | {met} | {_mib(c.ideal.peak_rss)} / {_mib(c.base.peak_rss)} |"
+            f"| **{_ratio_text(c.ratio, c.target)}** | {statistics.median(pr):.2f}x [{min(pr):.2f}-{max(pr):.2f}] | {len(pr)} "
+            f"| {target} | {met} | {_mib(c.ideal.peak_rss)} (+{_mib(c.ideal.peak_delta)}) / "
+            f"{_mib(c.base.peak_rss)} (+{_mib(c.base.peak_delta)}) |"
         )
     return "\n".join(rows)
 
@@ -544,24 +697,27 @@ def format_report(result: dict) -> str:
     env, cfg = result["env"], result["config"]
     comps = result["comparisons"]
     la0, la1 = result["load_before"], result["load_after"]
+    during = "; ".join(f"after {name}: {l[0]:.2f}" for name, l in result.get("load_during", []))
     lines = [
         format_table(comps),
         "",
         f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
         f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
-        f"Python {env['python']}.",
+        f"Python {env['python']}; {env['omp']}.",
         f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min.",
         f"- Command: `{result['command']}`",
         f"- Data: {result['data']}.",
-        f"- Repetitions: {cfg.warmup} warm-up + {cfg.reps} timed per arm (inference: "
-        f"{cfg.inference_reps or cfg.reps}), arms interleaved A,B / B,A; medians of wall time.",
+        f"- Repetitions: {cfg.warmup} warm-up + at least {cfg.reps} timed per arm (more while a comparison stays "
+        f"within {cfg.budget_s:g} s, at most {cfg.max_reps}); arms interleaved A,B / B,A; ratio = ratio of the "
+        f"median wall times; paired ratio = per-repetition ratio of adjacent A/B runs.",
         f"- Load average (1/5/15 min) before: {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
-        f"after: {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} (on {env['logical_cpus']} logical CPUs).",
+        f"after: {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} (1 min, {during}) on {env['logical_cpus']} logical CPUs.",
         f"- Process peak RSS: {_mib(result['process_peak_rss'])} MiB"
         + ("" if result["per_arm_peak"] else " (per-arm peaks could not be reset: they are process-wide marks)")
-        + ".",
+        + ". Per-arm peaks are absolute (they include what the process already holds: data, models) "
+          "and, in brackets, the increase over the RSS right before the run.",
         "",
-        "Per-arm wall times (s per repetition):",
+        "Per-arm wall times, s per repetition (CPU seconds of the process in brackets):",
         "",
     ]
     seen = set()
@@ -570,8 +726,7 @@ def format_report(result: dict) -> str:
             if arm.name in seen:
                 continue
             seen.add(arm.name)
-            lines.append(f"- `{arm.name}`: " + ", ".join(f"{t:.2f}" for t in arm.wall)
-                         + f" (CPU s: " + ", ".join(f"{t:.1f}" for t in arm.cpu) + ")")
+            lines.append(f"- `{arm.name}`: " + ", ".join(f"{t:.2f} ({u:.1f})" for t, u in zip(arm.wall, arm.cpu)))
     lines.append("")
     lines.append("What each row measures:")
     lines.append("")
@@ -598,36 +753,43 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     comparisons: list[Comparison] = []
-    extras: list[tuple[list[Comparison], dict]] = []
     per_arm_peak = True
+    profiles: dict[str, str] = {}
+    loads: list[tuple[str, tuple[float, float, float]]] = []
     with tempfile.TemporaryDirectory(prefix="ideal_speed_") as tmp:
         workdir = Path(tmp)
         volumes, data_note = _prepare_data(cfg, workdir, log)
         slices, labels = _load_slices(volumes, cfg.patch)
         log(f"data: {data_note}; {slices.shape[0]} slices of {cfg.patch}x{cfg.patch}")
-        if "pretrain" in cfg.benchmarks:
-            c, x = _pretrain_comparison(cfg, slices, labels, log)
-            comparisons.append(c)
-            extras.append(([c], x))
-        if "finetune" in cfg.benchmarks:
-            c, x = _finetune_comparison(cfg, slices, labels, log)
-            comparisons.append(c)
-            extras.append(([c], x))
-        if "inference" in cfg.benchmarks:
-            cs, x = _inference_comparison(cfg, volumes, workdir, log)
+        steps = {
+            "pretrain": lambda: _pretrain_comparison(cfg, slices, labels, log),
+            "finetune": lambda: _finetune_comparison(cfg, slices, labels, log),
+            "inference": lambda: _inference_comparison(cfg, volumes, workdir, log),
+        }
+        for name in BENCHMARKS:
+            if name not in cfg.benchmarks:
+                continue
+            cs, extra = steps[name]()
+            cs = cs if isinstance(cs, list) else [cs]
             comparisons.extend(cs)
-            extras.append((cs, x))
-        for _, x in extras:
-            per_arm_peak &= x["per_arm_peak"]
-        profiles = {}
-        if cfg.profile:
-            for cs, x in extras:
+            per_arm_peak &= extra["per_arm_peak"]
+            loads.append((name, os.getloadavg()))
+            if cfg.profile and any(c.met is False for c in cs):
                 for c in cs:
-                    if c.met is False:
-                        for arm in (c.ideal.name, c.base.name):
-                            if arm not in profiles:
-                                log(f"profiling one unit of {arm}")
-                                profiles[arm] = profile_step(x["arms"][arm][0])
+                    if c.met is not False:
+                        continue
+                    for arm in (c.ideal.name, c.base.name):
+                        if arm not in profiles:
+                            log(f"profiling one unit of {arm}")
+                            profiles[f"torch.profiler, one unit of `{arm}` (top ops by self CPU time)"] = (
+                                "```\n" + profile_step(extra["arms"][arm][0]) + "\n```")
+                if name == "finetune":
+                    log("fine-tuning step breakdown by component")
+                    profiles[f"Fine-tuning step by component ({cfg.batch_labeled}+{cfg.batch_unlabeled} slices, "
+                             f"{cfg.patch}x{cfg.patch}; medians of 3, not interleaved)"] = training_breakdown(
+                        tuple(_bundle_values("train").get("features", (16, 32, 64, 128, 256))), cfg.patch,
+                        cfg.batch_labeled, cfg.batch_unlabeled, log=log)
+            del extra  # free the networks, optimizers and batches before the next comparison
     result = {
         "config": cfg,
         "env": _environment(cfg),
@@ -635,6 +797,7 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
         "data": data_note,
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "load_during": loads,
         "process_peak_rss": process_peak_rss(),
         "per_arm_peak": per_arm_peak,
         "total_s": time.perf_counter() - t_start,

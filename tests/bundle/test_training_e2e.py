@@ -1,0 +1,81 @@
+"""End to end: ``python -m monai.bundle run pretrain`` then ``run finetune`` on phantoms, from another folder.
+
+These run the real bundle configs in subprocesses, started in a working directory that is not the
+repository, with a CPU-sized profile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ideal_monai.data.synthetic import write_synthetic_dataset
+from ideal_monai.evaluation import read_scalars
+from ideal_monai.networks import DualDecoderUNet
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+PROFILE = ["--patch_size", "[64, 64]", "--target_spacing", "[4.0, 4.0]", "--seed", "0"]
+
+
+def _bundle(run_id: str, config: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str(CONFIGS / config),
+           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Phantoms, then pre-training and fine-tuning run from an unrelated working directory."""
+    root = tmp_path_factory.mktemp("e2e")
+    data, bundle_root, elsewhere = root / "data", root / "bundle_root", root / "somewhere_else"
+    elsewhere.mkdir()
+    write_synthetic_dataset(data, num_cases=8, seed=0)
+    common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(data), *PROFILE]
+    _bundle("pretrain", "pretrain.json", elsewhere, *common, "--max_epochs", "4", "--iterations_per_epoch", "6",
+            "--batch_size", "16")
+    pretrained = (bundle_root / "models" / "pretrained_encoder.pt").read_bytes()
+    _bundle("finetune", "train.json", elsewhere, *common, "--num_labeled", "3", "--num_val", "2",
+            "--max_epochs", "4", "--iterations_per_epoch", "60", "--batch_size_labeled", "8",
+            "--batch_size_unlabeled", "8", "--val_interval", "2")
+    return {"root": bundle_root, "pretrained": pretrained, "cwd": elsewhere}
+
+
+def test_pretrain_writes_encoder_and_resumable_checkpoint(trained):
+    models = trained["root"] / "models"
+    state = torch.load(models / "pretrained_encoder.pt", weights_only=True)
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    net = DualDecoderUNet()
+    net.encoder.load_state_dict(encoder, strict=True)  # the keys load unchanged
+    ckpt = torch.load(models / "pretrain_checkpoint.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "engine", "rng"} <= set(ckpt)
+    assert ckpt["engine"]["epoch"] == 4 and ckpt["engine"]["iteration"] == 24
+    assert not list(trained["cwd"].iterdir()), "nothing may be written to the working directory"
+
+
+def test_pretrain_loss_decreased(trained):
+    series = read_scalars(trained["root"] / "runs" / "pretrain")
+    losses = [v for _, v in series["loss"]]
+    assert len(losses) == 24
+    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.2, losses
+
+
+def test_finetune_reaches_dice_on_phantoms_and_writes_models(trained):
+    models = trained["root"] / "models"
+    for name in ("model.pt", "model_final.pt", "finetune_checkpoint.pt"):
+        assert (models / name).is_file(), name
+    series = read_scalars(trained["root"] / "runs" / "finetune")
+    dice = [v for _, v in series["val_mean_dice"]]
+    assert len(dice) == 2
+    assert max(dice) > 0.8, dice
+    state = torch.load(models / "model.pt", weights_only=True)
+    DualDecoderUNet().load_state_dict(state, strict=True)
+    # lambda(t) was ramped up over training and logged
+    lam = [v for _, v in series["lambda"]]
+    assert lam[0] < 0.05 and lam[-1] > 0.9
