@@ -112,13 +112,18 @@ class TrainingCheckpoint:
             optimizer, lr_scheduler...). DDP-wrapped networks are unwrapped.
         save_interval: epochs between saves.
         resume: load an existing checkpoint at start (False: ignore it and overwrite).
+        evaluator: the validation engine whose ``best_metric`` / ``best_metric_epoch`` are kept too,
+            so a resumed run does not take its first validation for a new best and overwrite
+            ``model.pt`` with a worse network (optional; older checkpoints without them still load).
     """
 
-    def __init__(self, path: str | os.PathLike, save_dict: dict[str, Any], save_interval: int = 1, resume: bool = True):
+    def __init__(self, path: str | os.PathLike, save_dict: dict[str, Any], save_interval: int = 1, resume: bool = True,
+                 evaluator: Engine | None = None):
         self.path = Path(path)
         self.save_dict = save_dict
         self.save_interval = max(1, int(save_interval))
         self.resume = resume
+        self.evaluator = evaluator
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
@@ -131,6 +136,9 @@ class TrainingCheckpoint:
         state = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
                  for name, obj in self.save_dict.items()}
         state["engine"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        if self.evaluator is not None:
+            state["evaluator"] = {"best_metric": float(getattr(self.evaluator.state, "best_metric", -1)),
+                                  "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1))}
         state["rng"] = {
             "torch": torch.get_rng_state(),
             "numpy": torch.as_tensor(np.random.get_state()[1].astype(np.int64)),
@@ -156,6 +164,9 @@ class TrainingCheckpoint:
                     raise IdealInputError(self.path, f"cannot restore {name!r}: {str(e).splitlines()[0][:120]}") from None
         engine.state.epoch = int(state["engine"]["epoch"])
         engine.state.iteration = int(state["engine"]["iteration"])
+        if self.evaluator is not None and isinstance(state.get("evaluator"), dict):
+            self.evaluator.state.best_metric = float(state["evaluator"]["best_metric"])
+            self.evaluator.state.best_metric_epoch = int(state["evaluator"]["best_metric_epoch"])
         rng = state.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -38,3 +38,9 @@ class EpochSeeder:
         random.seed(epoch_seed)
         for i, r in enumerate(self.randomizables):
             r.set_random_state(seed=(epoch_seed + 7919 * (i + 1)) % (2**31 - 1))
+        # Ignite keeps one data iterator across epochs when ``epoch_length`` differs from the
+        # loader's length (``iterations_per_epoch``), so an epoch would continue the previous
+        # epoch's shuffle, which a resumed run cannot reproduce. Drop it: Ignite then starts a
+        # fresh pass, shuffled from the seed just set.
+        if getattr(engine.state, "dataloader", None) is not None and hasattr(engine, "_dataloader_iter"):
+            engine._dataloader_iter = None

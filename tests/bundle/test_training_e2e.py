@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
             "--batch_size", "16")
     pretrained = (bundle_root / "models" / "pretrained_encoder.pt").read_bytes()
     _bundle("finetune", "train.json", elsewhere, *common, "--num_labeled", "3", "--num_val", "2",
-            "--max_epochs", "4", "--iterations_per_epoch", "60", "--batch_size_labeled", "8",
+            "--max_epochs", "4", "--iterations_per_epoch", "70", "--batch_size_labeled", "8", "--learning_rate", "0.05",
             "--batch_size_unlabeled", "8", "--val_interval", "2")
     return {"root": bundle_root, "pretrained": pretrained, "cwd": elsewhere}
 
