@@ -19,13 +19,15 @@ import traceback
 
 import fire
 
-from .errors import debug_enabled, find_input_error
+from .errors import debug_enabled, find_user_error, print_error
 
 
 def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool = False) -> None:
     """Write synthetic ACDC-layout cardiac phantoms (images + labels) to ``output_dir``."""
     from .data.synthetic import write_synthetic_dataset
+    from .utils.config_checks import check_config_values
 
+    check_config_values(bools={"with_cine": with_cine})
     paths = write_synthetic_dataset(output_dir, num_cases=num_cases, seed=seed, with_cine=with_cine)
     print(f"wrote {len(paths)} files for {num_cases} cases to {output_dir}")
 
@@ -51,16 +53,21 @@ def finetune(dataset_dir: str, bundle_root: str | None = None, **overrides) -> N
 def infer(dataset_dir: str, output_dir: str, bundle_root: str | None = None, overwrite: bool = False, **overrides) -> None:
     """Segment a folder (or one file) of short-axis volumes into NIfTI labels (run id ``inference``)."""
     from .bundle_runner import run_bundle
+    from .utils.config_checks import check_config_values
 
+    # bool("false") is True: a string would silently overwrite existing predictions.
+    check_config_values(bools={"overwrite": overwrite})
     if bundle_root:
         overrides["bundle_root"] = bundle_root
-    run_bundle("inference", dataset_dir=dataset_dir, output_dir=output_dir, overwrite=bool(overwrite), **overrides)
+    run_bundle("inference", dataset_dir=dataset_dir, output_dir=output_dir, overwrite=overwrite, **overrides)
 
 
 def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: bool = True, max_overlays: int = 12) -> None:
     """Score predictions against ground-truth labels: CSV, JSON, Markdown report and PNG overlays."""
     from .evaluation import evaluate_folders
+    from .utils.config_checks import check_config_values
 
+    check_config_values(bools={"overlays": overlays}, ints={"max_overlays": max_overlays} if max_overlays is not None else {})
     summary = evaluate_folders(prediction_dir, dataset_dir, output_dir, overlays=overlays, max_overlays=max_overlays)
     overall = summary["overall"]
     print(f"mean DSC {overall['dsc_mean']:.3f} over {summary['n_cases']} volume(s), {overall['n_failures']} failure(s); "
@@ -89,15 +96,23 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except KeyboardInterrupt:
-        print("ideal-monai: interrupted", file=sys.stderr)
+        print_error("interrupted")
         return 130
     except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
         if debug:
             traceback.print_exc()
             return 1
-        input_error = find_input_error(e)
-        message = str(input_error) if input_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        print(f"ideal-monai: error: {message}", file=sys.stderr)
+        input_error = find_user_error(e)
+        seen = {id(e)}
+        while input_error is None and (e.__cause__ or e.__context__) is not None:
+            # MONAI wraps errors in "Failed to evaluate ConfigExpression": report the innermost one.
+            e = e.__cause__ or e.__context__
+            if id(e) in seen:
+                break
+            seen.add(id(e))
+        text = str(e).strip().splitlines()
+        message = str(input_error) if input_error else f"{type(e).__name__}: {text[0] if text else ''}"
+        print_error(f"{message} (--debug shows the traceback)")
         return 1
     return 0
 

@@ -28,6 +28,11 @@ class IdealInputError(ValueError):
         return (type(self), (self.where, self.problem))
 
 
+class OutputError(IdealInputError):
+    """An output could not be written (full disk, read-only or missing folder...): ``where`` is the
+    output file or folder. Folder inference stops at the first one instead of failing every case."""
+
+
 def find_input_error(exc: BaseException | None) -> IdealInputError | None:
     """The :class:`IdealInputError` in ``exc``'s cause/context chain (MONAI's config parser wraps
     errors raised while evaluating expressions in ``RuntimeError``), or None."""
@@ -40,6 +45,39 @@ def find_input_error(exc: BaseException | None) -> IdealInputError | None:
     return None
 
 
+def find_user_error(exc: BaseException | None) -> IdealInputError | None:
+    """:func:`find_input_error`, else an ``OSError`` naming a file in the chain (a permission
+    problem, a missing folder, a full disk...) or a ``FloatingPointError`` (the trainers' stop on a
+    non-finite loss) as an :class:`IdealInputError`, else None."""
+    found = find_input_error(exc)
+    if found is not None:
+        return found
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.filename:
+            return IdealInputError(exc.filename, exc.strerror or str(exc))
+        if isinstance(exc, FloatingPointError):  # the trainers' non-finite loss stop
+            return IdealInputError(None, str(exc))
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def print_error(message: str) -> None:
+    """Print ``ideal-monai: error: <message>`` on a line of its own (open progress bars are closed
+    first, so the message does not end up on the end of a half-drawn bar)."""
+    import sys
+
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - never let the error printer fail
+        pass
+    print(f"ideal-monai: error: {message}", file=sys.stderr)
+
+
 def debug_enabled() -> bool:
     """``IDEAL_MONAI_DEBUG`` set (to anything but 0): show full tracebacks."""
     return os.environ.get("IDEAL_MONAI_DEBUG", "") not in ("", "0")
@@ -47,6 +85,9 @@ def debug_enabled() -> bool:
 
 def install_excepthook() -> None:
     """Print uncaught input errors as one line (``ideal-monai: error: <file>: <problem>``).
+
+    Input errors are :class:`IdealInputError` (also wrapped by MONAI's config parser) and
+    ``OSError`` s that name a file (permissions, a full disk, a missing folder).
 
     Installed when ``ideal_monai`` is imported, so ``python -m monai.bundle run <id>`` with bad
     input ends in one readable line and exit status 1 instead of a page of traceback. Other
@@ -59,11 +100,11 @@ def install_excepthook() -> None:
         return
 
     def hook(exc_type, exc, tb):
-        input_error = None if debug_enabled() else find_input_error(exc)
+        input_error = None if debug_enabled() else find_user_error(exc)
         if input_error is None:
             previous(exc_type, exc, tb)
         else:
-            print(f"ideal-monai: error: {input_error} (IDEAL_MONAI_DEBUG=1 shows the traceback)", file=sys.stderr)
+            print_error(f"{input_error} (IDEAL_MONAI_DEBUG=1 shows the traceback)")
 
     hook._ideal_monai = True
     sys.excepthook = hook

@@ -166,8 +166,8 @@ def process_peak_rss() -> int:
 
 
 def _malloc_trim() -> None:
-    """Hand freed heap memory back to the OS (glibc), so one arm's peak does not start from the
-    previous arm's leftovers; a no-op elsewhere."""
+    """Hand freed heap memory back to the OS (glibc), so a comparison's peaks do not start from the
+    previous comparison's leftovers; a no-op elsewhere."""
     global _LIBC
     if _LIBC is None:
         try:
@@ -248,6 +248,9 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
     n_units = n_units.pop()
     reps = max(1, int(reps))
     max_reps = max(reps, max_reps if max_reps is not None else reps)
+    # Give back what earlier comparisons freed, once: not between runs, where it would add page faults
+    # that a training loop does not have.
+    _malloc_trim()
     for w in range(warmup):
         for u in range(n_units):
             for name in names:
@@ -265,7 +268,6 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
         unit_wall = {name: [] for name in names}
         for u in range(n_units):
             for name in order:
-                _malloc_trim()
                 per_arm_peak &= _reset_peak_rss()
                 rss0 = _current_rss()
                 c0, t0 = _cpu_seconds(), time.perf_counter()
@@ -717,7 +719,9 @@ def format_report(result: dict) -> str:
         f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
         f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
         f"Python {env['python']}; {env['omp']}.",
-        f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min.",
+        f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min; process CPU time "
+        f"{result['rusage'].ru_utime / 60:.1f} min user + {result['rusage'].ru_stime / 60:.1f} min system "
+        f"({result['rusage'].ru_minflt / 1e6:.1f} M minor page faults).",
         f"- Command: `{result['command']}`",
         f"- Data: {result['data']}.",
         f"- Repetitions: {cfg.warmup} warm-up + at least {cfg.reps} timed per arm (more while a comparison stays "
@@ -816,6 +820,7 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
         "process_peak_rss": process_peak_rss(),
         "per_arm_peak": per_arm_peak,
         "total_s": time.perf_counter() - t_start,
+        "rusage": resource.getrusage(resource.RUSAGE_SELF),
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "profiles": profiles,
     }

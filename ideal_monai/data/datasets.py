@@ -72,7 +72,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.keys = list(keys)
         self.slice_transform = slice_transform
         # Slice counts from headers alone, so uncached volumes need not be loaded to index them.
-        self.num_slices = [io.read_shape(case["image"])[2] for case in self.cases]
+        # volume_shape also refuses 2D/5D/empty/oversized files before anything is allocated.
+        self.num_slices = [io.volume_shape(case["image"])[2] for case in self.cases]
         self.index = [(v, z) for v, n in enumerate(self.num_slices) for z in range(n)]
         self.volumes = _CacheDataset(self.cases, transform=volume_transform, cache_rate=cache_rate,
                                     num_workers=num_workers or None, progress=progress and len(self.cases) > 0)

@@ -28,8 +28,28 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 
 #: The label values of the ACDC convention: 0 background, 1 RV, 2 MYO, 3 LV.
 LABEL_VALUES = (0, 1, 2, 3)
-#: Refuse volumes larger than this many voxels per 3D frame (~1 GiB as float32): bounded memory.
-MAX_VOXELS_PER_FRAME = 256 * 1024 * 1024
+#: Refuse volumes larger than this many voxels per 3D frame (e.g. 512 x 512 x 256), from the header,
+#: before anything is allocated: inference peaks at roughly 100 bytes per voxel of the largest
+#: frame (float copies and per-class probabilities on the input grid), so this bounds it to ~7 GB.
+#: ``IDEAL_MONAI_MAX_VOXELS`` raises or lowers the limit.
+MAX_VOXELS_PER_FRAME = 64 * 1024 * 1024
+
+
+def max_voxels_per_frame() -> int:
+    """:data:`MAX_VOXELS_PER_FRAME`, or ``$IDEAL_MONAI_MAX_VOXELS`` when set."""
+    value = os.environ.get("IDEAL_MONAI_MAX_VOXELS", "")
+    try:
+        return int(value) if value else MAX_VOXELS_PER_FRAME
+    except ValueError:
+        raise IdealInputError("IDEAL_MONAI_MAX_VOXELS", f"expected an integer, got {value!r}") from None
+
+
+def _too_large(shape: tuple[int, ...]) -> str | None:
+    limit = max_voxels_per_frame()
+    if int(np.prod(shape[:3], dtype=np.int64)) > limit:
+        return (f"is too large to process ({tuple(shape[:3])}, over {limit} voxels per frame; crop or resample it, "
+                "or raise IDEAL_MONAI_MAX_VOXELS)")
+    return None
 #: Absolute tolerance on affine entries when an image and its label must share a grid.
 AFFINE_ATOL = 1e-3
 
@@ -131,6 +151,25 @@ def _read_raw(path: Path) -> MetaTensor:
         raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {_first_line(e, 160)}") from None
 
 
+def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The validated header shape ``(X, Y, Z)`` or ``(X, Y, Z, T)`` (trailing singleton axes dropped).
+
+    Refuses, from the header alone, files that are not 3D/4D, have a zero-length axis or hold more
+    than :func:`max_voxels_per_frame` voxels per 3D frame, so nothing is allocated for them.
+    """
+    path = Path(path)
+    shape = file_shape = read_shape(path)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) not in (3, 4):
+        raise IdealInputError(path, f"expected a 3D volume (X, Y, Z) or 4D cine (X, Y, Z, T), got {len(file_shape)}D shape {file_shape}")
+    if min(shape) == 0:
+        raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
+    if _too_large(shape):
+        raise IdealInputError(path, _too_large(shape))
+    return shape
+
+
 def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int | None = None) -> MetaTensor:
     """Load and validate one volume as a channel-first ``MetaTensor`` of shape ``(1, X, Y, Z)``.
 
@@ -141,19 +180,11 @@ def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int |
             is an error (callers expand cine files into frames, see :mod:`ideal_monai.data.discovery`).
 
     Images are returned as float32; NaN/Inf intensities, non-3D/4D arrays, zero-length axes and
-    volumes over :data:`MAX_VOXELS_PER_FRAME` are refused with a one-line error naming the file.
+    volumes over :func:`max_voxels_per_frame` are refused with a one-line error naming the file.
     Trailing singleton axes (``(X, Y, Z, 1)``, as some converters write 3D frames) are dropped.
     """
     path = Path(path)
-    shape = file_shape = read_shape(path)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) not in (3, 4):
-        raise IdealInputError(path, f"expected a 3D volume (X, Y, Z) or 4D cine (X, Y, Z, T), got {len(file_shape)}D shape {file_shape}")
-    if min(shape) == 0:
-        raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
-    if int(np.prod(shape[:3])) > MAX_VOXELS_PER_FRAME:
-        raise IdealInputError(path, f"is too large to process ({shape[:3]}, over {MAX_VOXELS_PER_FRAME} voxels per frame)")
+    shape = volume_shape(path)
     if len(shape) == 4 and frame is None:
         raise IdealInputError(path, f"is a 4D cine volume {shape}; pass a frame index")
     if len(shape) == 3 and frame not in (None, 0):

@@ -260,7 +260,11 @@ def _case_id_of(path: Path, postfixes: Sequence[str] = ()) -> str:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _NIFTI_EXT.search(p.name))
+    found = sorted(p for p in folder.rglob("*") if _NIFTI_EXT.search(p.name))
+    for p in found:
+        if not p.is_file():  # e.g. a folder named like a volume: refused, not silently left out
+            raise IdealInputError(p, "is a directory (or not a regular file), expected a NIfTI file")
+    return found
 
 
 def _pair_folders(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path, Path | None]]:
@@ -347,10 +351,30 @@ def _max_corner_shift_mm(a: np.ndarray, b: np.ndarray, shape: Sequence[int]) -> 
 def _load_nifti(path: Path):
     import nibabel as nib
 
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise IdealInputError(path, "file is empty")
     try:
         return nib.load(str(path))
     except Exception as e:  # nibabel raises several types for corrupt or non-NIfTI files
-        raise IdealInputError(path, f"cannot read as NIfTI: {e}") from e
+        text = str(e).strip().splitlines()
+        raise IdealInputError(path, f"cannot read as NIfTI: {text[0][:160] if text else type(e).__name__}") from None
+
+
+def _read_data(img, path: Path) -> np.ndarray:
+    """The voxel array of a loaded NIfTI, refusing empty or oversized headers before reading and
+    turning read errors (truncated gzip, short data) into one-line errors naming ``path``."""
+    from ..data.io import _too_large
+
+    shape = tuple(int(v) for v in img.shape)
+    if not shape or min(shape) == 0:
+        raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
+    if _too_large(shape):
+        raise IdealInputError(path, _too_large(shape))
+    try:
+        return np.asanyarray(img.dataobj)
+    except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, MemoryError...
+        text = str(e).strip().splitlines()
+        raise IdealInputError(path, f"cannot be read (corrupt or truncated?): {text[0][:160] if text else type(e).__name__}") from None
 
 
 def _load_case(pred_path: Path, gt_path: Path, image_path: Path | None, max_label: int, affine_tol_mm: float):
@@ -358,8 +382,8 @@ def _load_case(pred_path: Path, gt_path: Path, image_path: Path | None, max_labe
     gt_img = _load_nifti(gt_path)
     pred_img = _load_nifti(pred_path)
     # asanyarray(dataobj) keeps the stored integer dtype (get_fdata would turn labels into floats).
-    gt = _as_label_volume(np.asanyarray(gt_img.dataobj), str(gt_path), max_label)
-    pred_arr = np.asanyarray(pred_img.dataobj)
+    gt = _as_label_volume(_read_data(gt_img, gt_path), str(gt_path), max_label)
+    pred_arr = _read_data(pred_img, pred_path)
     if pred_arr.ndim == 4 and pred_arr.shape[3] == 1:  # a trailing singleton channel from some writers
         pred_arr = pred_arr[..., 0]
     pred = _as_label_volume(pred_arr, str(pred_path), max_label)
@@ -375,8 +399,11 @@ def _load_case(pred_path: Path, gt_path: Path, image_path: Path | None, max_labe
     spacing = _as_spacing(gt_img.header.get_zooms()[:3], str(gt_path))
     image = None
     if image_path is not None:
-        img = _load_nifti(image_path)
-        data = np.asanyarray(img.dataobj)
+        try:
+            data = _read_data(_load_nifti(image_path), image_path)
+        except IdealInputError as e:  # the overlay background only: draw the labels without it
+            warnings.warn(f"overlay drawn without its image: {e}", stacklevel=2)
+            data = np.zeros((0,))
         # The overlay is a convenience: an image on another grid is skipped, not an error.
         if data.shape[:3] == gt.shape:
             image = data[..., 0] if data.ndim == 4 else data

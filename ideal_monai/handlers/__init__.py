@@ -1,7 +1,8 @@
 """Ignite/MONAI handlers: atomic checkpoints, resumable training state, per-epoch seeding."""
 
+from .errors import ErrorReporter
 from .checkpoint import ModelSaver, TrainingCheckpoint, load_checkpoint_file, load_state_dict_checked, unwrap
-from .progress import ProgressBar
+from .progress import LazySummaryWriter, ProgressBar
 from .seeding import EpochSeeder
 
-__all__ = ["EpochSeeder", "ProgressBar", "ModelSaver", "TrainingCheckpoint", "load_checkpoint_file", "load_state_dict_checked", "unwrap"]
+__all__ = ["ErrorReporter", "EpochSeeder", "LazySummaryWriter", "ProgressBar", "ModelSaver", "TrainingCheckpoint", "load_checkpoint_file", "load_state_dict_checked", "unwrap"]

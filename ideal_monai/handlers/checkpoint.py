@@ -19,7 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..errors import IdealInputError
-from ..utils.atomic import atomic_save_torch
+from ..utils.atomic import atomic_save_torch, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,9 @@ class TrainingCheckpoint:
         atomic_save_torch(state, self.path)
 
     def load(self, engine: Engine) -> None:
+        if _is_rank0():  # half-written temporaries of a run killed during a save
+            for p in remove_stale_temporaries(self.path.parent):
+                logger.info("removed %s, left by an interrupted save", p)
         if not (self.resume and self.path.exists()):
             return
         state = load_checkpoint_file(self.path)

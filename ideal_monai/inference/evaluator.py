@@ -19,9 +19,9 @@ import torch
 from monai.engines import Evaluator
 from monai.transforms import Invertd
 
-from ..errors import IdealInputError
+from ..errors import IdealInputError, OutputError, debug_enabled, print_error
 from ..data.discovery import discover_cases
-from ..data.io import read_shape, save_label_like, strip_image_suffix
+from ..data.io import read_shape, save_label_like, strip_image_suffix, volume_shape
 from ..networks import stream_disagreement
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class SegmentationEvaluator(Evaluator):
             for p in paths.values():
                 if p.exists():
                     raise IdealInputError(p, "output already exists (pass overwrite=True / --overwrite to replace it)")
+        volume_shape(image_path)  # 2D/5D, zero-length axes, oversized headers: refused before reading pixels
         shape = read_shape(image_path)
         frames = [None] if len(shape) == 3 else list(range(shape[3]))
         results = [self._segment_frame(image_path, f) for f in frames]
@@ -164,10 +165,18 @@ class SegmentationEvaluator(Evaluator):
         for case in batchdata:
             try:
                 written.append(engine.segment_case(case))
-            except (IdealInputError, OSError) as e:
-                msg = str(e) if isinstance(e, IdealInputError) else f"{case['image']}: {e.strerror or e}"
+            except OutputError:
+                raise  # a full disk or an unwritable folder fails every case alike: stop at once
+            except Exception as e:  # noqa: BLE001 - one bad file must not end a long unattended run
+                if isinstance(e, IdealInputError):
+                    msg = str(e)
+                elif isinstance(e, OSError):
+                    msg = f"{case['image']}: {e.strerror or e}"
+                else:
+                    text = str(e).strip().splitlines()
+                    msg = f"{case['image']}: {type(e).__name__}: {text[0] if text else ''}"
                 engine.state.failures.append({"image": str(case["image"]), "error": msg})
-                logger.error("failed: %s", msg)
+                logger.error("failed: %s", msg, exc_info=debug_enabled())
         engine.state.outputs.extend(written)
         engine.state.output = {"written": written}
         return engine.state.output
@@ -180,7 +189,7 @@ def report_failures(evaluator: SegmentationEvaluator, exit_on_failure: bool = Tr
     print(f"ideal-monai inference: {len(evaluator.state.outputs)} of {total} file(s) segmented into {evaluator.output_dir}",
           file=sys.stderr)
     for f in failures:
-        print(f"ideal-monai: error: {f['error']}", file=sys.stderr)
+        print_error(f["error"])
     if failures and exit_on_failure:
         sys.exit(1)
     return failures
