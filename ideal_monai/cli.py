@@ -27,7 +27,7 @@ def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool =
     from .data.synthetic import write_synthetic_dataset
     from .utils.config_checks import check_config_values
 
-    check_config_values(bools={"with_cine": with_cine})
+    check_config_values(bools={"with_cine": with_cine}, ints={"num_cases": num_cases, "seed": seed})
     paths = write_synthetic_dataset(output_dir, num_cases=num_cases, seed=seed, with_cine=with_cine)
     print(f"wrote {len(paths)} files for {num_cases} cases to {output_dir}")
 

@@ -105,8 +105,10 @@ class ArmStats:
     wall: list[float] = dataclasses.field(default_factory=list)
     cpu: list[float] = dataclasses.field(default_factory=list)
     unit_wall: list[list[float]] = dataclasses.field(default_factory=list)  #: per repetition, per unit
-    peak_rss: int = 0  #: highest VmHWM during one of its runs (absolute, includes what the process already held)
-    peak_delta: int = 0  #: highest VmHWM minus the RSS right before the run: the memory the run itself needs
+    #: highest VmHWM during a warm-up run (absolute: includes what the process holds, data and models)
+    peak_rss: int = 0
+    #: highest VmHWM minus the RSS right before that run (after a malloc_trim): what the run itself needs
+    peak_delta: int = 0
 
     @property
     def median(self) -> float:
@@ -248,17 +250,33 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
     n_units = n_units.pop()
     reps = max(1, int(reps))
     max_reps = max(reps, max_reps if max_reps is not None else reps)
-    # Give back what earlier comparisons freed, once: not between runs, where it would add page faults
-    # that a training loop does not have.
-    _malloc_trim()
+    stats = {name: ArmStats(name) for name in names}
+    per_arm_peak = True
+
+    def run(name: str, u: int, trim: bool) -> tuple[float, float]:
+        nonlocal per_arm_peak
+        if trim:
+            _malloc_trim()
+        per_arm_peak &= _reset_peak_rss()
+        rss0 = _current_rss()
+        c0, t0 = _cpu_seconds(), time.perf_counter()
+        arms[name][u]()
+        dt, dc = time.perf_counter() - t0, _cpu_seconds() - c0
+        peak = _peak_rss()
+        if trim or warmup == 0:
+            stats[name].peak_rss = max(stats[name].peak_rss, peak)
+            stats[name].peak_delta = max(stats[name].peak_delta, peak - rss0)
+        return dt, dc
+
+    # Memory is measured in the warm-up, with the freed heap handed back to the OS before every run,
+    # so each peak starts from what is really live. The timed runs do not trim: that would add page
+    # faults a training loop does not have.
     for w in range(warmup):
         for u in range(n_units):
             for name in names:
-                arms[name][u]()
+                run(name, u, trim=True)
         if log:
             log(f"  warm-up {w + 1}/{warmup} done")
-    stats = {name: ArmStats(name) for name in names}
-    per_arm_peak = True
     t_first = time.perf_counter()
     r = 0
     while r < reps or (r < max_reps and (time.perf_counter() - t_first) * (r + 1) / r <= budget_s):
@@ -268,17 +286,10 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
         unit_wall = {name: [] for name in names}
         for u in range(n_units):
             for name in order:
-                per_arm_peak &= _reset_peak_rss()
-                rss0 = _current_rss()
-                c0, t0 = _cpu_seconds(), time.perf_counter()
-                arms[name][u]()
-                dt = time.perf_counter() - t0
+                dt, dc = run(name, u, trim=False)
                 wall[name] += dt
                 unit_wall[name].append(dt)
-                cpu[name] += _cpu_seconds() - c0
-                peak = _peak_rss()
-                stats[name].peak_rss = max(stats[name].peak_rss, peak)
-                stats[name].peak_delta = max(stats[name].peak_delta, peak - rss0)
+                cpu[name] += dc
         for name in names:
             stats[name].wall.append(wall[name])
             stats[name].cpu.append(cpu[name])
@@ -733,8 +744,9 @@ def format_report(result: dict) -> str:
         f"after: {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} (1 min, {during}) on {env['logical_cpus']} logical CPUs.",
         f"- Process peak RSS: {_mib(result['process_peak_rss'])} MiB"
         + ("" if result["per_arm_peak"] else " (per-arm peaks could not be reset: they are process-wide marks)")
-        + ". Per-arm peaks are absolute (they include what the process already holds: data, models) "
-          "and, in brackets, the increase over the RSS right before the run.",
+        + ". Per-arm peaks are measured in the warm-up runs, with freed heap returned to the OS "
+          "(`malloc_trim`) before each: absolute (including what the process already holds: data, models, "
+          "other arms' networks) and, in brackets, the increase over the RSS right before the run.",
         "",
         "Per-arm wall times, s per repetition (CPU seconds of the process in brackets):",
         "",

@@ -260,7 +260,8 @@ def _case_id_of(path: Path, postfixes: Sequence[str] = ()) -> str:
 
 
 def _nifti_files(folder: Path) -> list[Path]:
-    found = sorted(p for p in folder.rglob("*") if _NIFTI_EXT.search(p.name))
+    # Hidden names are skipped, as in discovery: e.g. the temporary of a write that was killed.
+    found = sorted(p for p in folder.rglob("*") if _NIFTI_EXT.search(p.name) and not p.name.startswith("."))
     for p in found:
         if not p.is_file():  # e.g. a folder named like a volume: refused, not silently left out
             raise IdealInputError(p, "is a directory (or not a regular file), expected a NIfTI file")
