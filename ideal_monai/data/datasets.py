@@ -14,7 +14,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from . import io  # module attribute access, so tests can instrument io.read_shape
-from .transforms import find_input_error
+from ..errors import find_input_error
 
 
 class _CacheDataset(CacheDataset):

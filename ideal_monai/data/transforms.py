@@ -30,23 +30,8 @@ from monai.transforms import (
     Spacingd,
 )
 
-from ..errors import IdealInputError
+from ..errors import find_input_error
 from . import io  # module attribute access, so tests can instrument io.load_volume
-
-
-def find_input_error(exc: BaseException | None) -> IdealInputError | None:
-    """The :class:`IdealInputError` behind ``exc`` (itself or along its ``__cause__`` chain), or None.
-
-    Only explicit causes (``raise ... from e``, as MONAI's ``apply_transform`` does) are followed, so
-    an input error that was handled before an unrelated failure is not mistaken for its reason.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, IdealInputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__
-    return None
 
 
 class InputErrorCompose(Compose):
