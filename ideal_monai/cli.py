@@ -6,6 +6,7 @@
     ideal-monai infer     --dataset_dir IMAGES --output_dir OUT [--bundle_root DIR] [--overwrite]
     ideal-monai evaluate  --prediction_dir PRED --dataset_dir GT --output_dir REPORT
     ideal-monai demo      [--output_dir DIR]
+    ideal-monai label-app --output_dir APP [--model_path model.pt] [--overwrite] [--<config key> VALUE ...]
 
 Errors in the input print one line (``ideal-monai: error: <file>: <problem>``) and exit with
 status 1; ``--debug`` (or ``IDEAL_MONAI_DEBUG=1``) shows the full traceback instead.
@@ -81,7 +82,20 @@ def demo(output_dir: str = "demo_output", **kwargs) -> None:
     run_demo(output_dir, **kwargs)
 
 
-COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo}
+def label_app(output_dir: str, model_path: str | None = None, overwrite: bool = False, **overrides) -> None:
+    """Lay out a MONAI Label app folder serving this bundle (needs ``pip install 'ideal-monai[label]'``)."""
+    from .label.app import APP_MODEL_NAME, make_label_app
+    from .utils.config_checks import check_config_values
+
+    check_config_values(bools={"overwrite": overwrite})
+    out = make_label_app(output_dir, model_path=model_path, overwrite=overwrite, **overrides)
+    print(f"MONAI Label app written to {out}; start it with:\n"
+          f"  monailabel start_server --app {out} --studies <images> --conf models {APP_MODEL_NAME} "
+          f"--conf zoo_source github --conf sam2 false --host 127.0.0.1")
+
+
+COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo,
+            "label_app": label_app}  # fire also accepts "label-app"
 
 
 def main(argv: list[str] | None = None) -> int:
