@@ -1,0 +1,152 @@
+"""``ideal-monai label-app``: lay out a MONAI Label app folder that serves this bundle.
+
+The folder is a copy of MONAI Label's ``monaibundle`` sample app (from the installed ``monailabel``
+package) whose ``main.py`` is replaced by a two-line file importing
+:class:`ideal_monai.label.monailabel_app.IdealApp` (stock inference, semi-supervised training,
+stream-disagreement active learning), with this bundle in ``model/ideal/``::
+
+    <output_dir>/main.py, lib/, ...          the sample app (main.py replaced)
+    <output_dir>/model/ideal/configs/*.json  the bundle configs (with the given overrides)
+    <output_dir>/model/ideal/models/model.pt the given weights (or freshly initialised ones)
+
+Start it with::
+
+    monailabel start_server --app <output_dir> --studies <images> --conf models ideal \
+        --conf zoo_source github --conf sam2 false --host 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import IdealInputError
+
+logger = logging.getLogger(__name__)
+
+#: Name of the bundle inside the app (``--conf models ideal``).
+APP_MODEL_NAME = "ideal"
+
+MAIN_PY = '''"""MONAI Label app serving the ideal-monai bundle in model/ideal (written by 'ideal-monai label-app').
+
+All logic is in the installed package: ideal_monai.label.monailabel_app.IdealApp.
+"""
+
+from ideal_monai.label.monailabel_app import IdealApp  # noqa: F401  (MONAI Label loads this class)
+'''
+
+
+def find_sample_app(name: str = "monaibundle") -> Path:
+    """Folder of MONAI Label's sample app ``name`` as installed by ``pip install monailabel``."""
+    spec = importlib.util.find_spec("monailabel")
+    if spec is None or not spec.origin:
+        raise IdealInputError("monailabel", "not installed: pip install 'ideal-monai[label]' (monailabel==0.8.5)")
+    pkg = Path(spec.origin).resolve().parent
+    candidates = [Path(sys.prefix), Path(sys.base_prefix), pkg.parent, *pkg.parents]
+    for base in candidates:
+        p = base / "monailabel" / "sample-apps" / name
+        if (p / "main.py").is_file():
+            return p
+    raise IdealInputError("monailabel", f"sample app {name!r} not found under {sys.prefix}/monailabel/sample-apps "
+                                        f"(run 'monailabel apps --download --name {name} --output <dir>')")
+
+
+def _parse_value(value):
+    """CLI values arrive as Python objects from fire; strings that look like JSON lists are parsed."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _apply_overrides(configs_dir: Path, overrides: dict) -> None:
+    """Set top-level keys in train.json / inference.json (each key must exist in at least one)."""
+    files = {n: configs_dir / n for n in ("train.json", "inference.json")}
+    configs = {n: json.loads(p.read_text()) for n, p in files.items()}
+    for key, value in overrides.items():
+        value = _parse_value(value)
+        hit = False
+        for cfg in configs.values():
+            if key in cfg and not isinstance(cfg[key], dict):
+                cfg[key] = value
+                hit = True
+        if not hit:
+            raise IdealInputError(key, "not a top-level value key of train.json or inference.json")
+    for n, p in files.items():
+        p.write_text(json.dumps(configs[n], indent=4) + "\n")
+    if "patch_size" in overrides:
+        meta_path = configs_dir / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        fmt = meta["network_data_format"]
+        for section in ("inputs", "outputs"):
+            for item in fmt[section].values():
+                item["spatial_shape"] = list(_parse_value(overrides["patch_size"]))
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def _write_weights(bundle: Path, model_path: str | None, seed: int = 0) -> Path:
+    """Copy ``model_path`` (checked against the app's ``network_def``) or write initial weights."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from ..utils import atomic_save_torch, load_model_weights
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    target = bundle / "models" / "model.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if model_path:
+        load_model_weights(network, model_path)  # refuses weights that do not fit network_def
+        shutil.copyfile(model_path, target)
+    else:
+        logger.warning("no --model_path: %s holds untrained weights; train through MONAI Label first", target)
+        atomic_save_torch({k: v.detach().cpu() for k, v in network.state_dict().items()}, target)
+    return target
+
+
+def make_label_app(output_dir: str | os.PathLike, model_path: str | None = None, overwrite: bool = False,
+                   **overrides) -> Path:
+    """Write a ready MONAI Label app folder serving this bundle; returns the folder.
+
+    Args:
+        output_dir: the app folder to create (must not exist or be empty, unless ``overwrite``).
+        model_path: a trained ``model.pt`` (flat state_dict of ``network_def``); without it the app
+            gets freshly initialised weights (MONAI Label only lists a bundle that has weights).
+        overwrite: replace an existing non-empty ``output_dir``.
+        overrides: top-level config values written into the app's copy of ``train.json`` and
+            ``inference.json`` (e.g. ``features=[8,16,32,64,128]``, ``patch_size=[128,128]``,
+            ``iterations_per_epoch=10``); ``patch_size`` also updates ``metadata.json``.
+    """
+    from ..bundle_runner import bundle_dir
+
+    out = Path(output_dir)
+    if model_path is not None and not Path(model_path).is_file():
+        raise IdealInputError(model_path, "model weights not found")
+    sample = find_sample_app()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise IdealInputError(out, "folder exists and is not empty (pass --overwrite to replace it)")
+        shutil.rmtree(out)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(sample, out, ignore=ignore, dirs_exist_ok=True)
+    (out / "main.py").write_text(MAIN_PY)
+    bundle = out / "model" / APP_MODEL_NAME
+    src = bundle_dir()
+    shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "models", "runs", "predictions", "data"),
+                    dirs_exist_ok=True)
+    if overrides:
+        _apply_overrides(bundle / "configs", overrides)
+    _write_weights(bundle, model_path)
+    return out

@@ -1,0 +1,67 @@
+"""The MONAI Label app class laid out by ``ideal-monai label-app`` (needs ``monailabel``).
+
+Like the stock ``monaibundle`` sample app (local bundles from ``<app>/model/<name>``, listed with
+``--conf models``), with :class:`~ideal_monai.label.tasks.IdealTrainTask` as trainer and the
+``ideal_disagreement`` active-learning strategy and scoring method next to ``random``/``first``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import monailabel
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.utils.others.generic import get_bundle_models, strtobool
+
+from .scoring import SCORE_KEY, DisagreementScorer
+from .tasks import DisagreementScoring, DisagreementStrategy, IdealTrainTask
+
+logger = logging.getLogger(__name__)
+
+
+class IdealApp(MONAILabelApp):
+    """MONAI Label app for ideal-monai bundles (``--conf models ideal``)."""
+
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = os.path.join(app_dir, "model")
+        self.models = get_bundle_models(app_dir, conf)
+        # the bundle whose streams rank the unlabeled images (default: the first of --conf models)
+        al_model = conf.get("al_model") or next(iter(self.models), None)
+        self._scorer = DisagreementScorer(self.models[al_model], device=conf.get("al_device")) if al_model else None
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf,
+                         name=f"ideal-monai - MONAI Label ({monailabel.__version__})",
+                         description="IDEAL semi-supervised cardiac MRI segmentation (RV, MYO, LV)",
+                         version=monailabel.__version__)
+
+    def init_infers(self):
+        infers = {}
+        for name, path in self.models.items():
+            task = BundleInferTask(path, self.conf)
+            if task.is_valid():
+                infers[name] = task
+                logger.info("+++ Adding Inferer:: %s => %s", name, path)
+        return infers
+
+    def init_trainers(self):
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return {}
+        trainers = {}
+        for name, path in self.models.items():
+            task = IdealTrainTask(path, self.conf)
+            if task.is_valid():
+                trainers[name] = task
+                logger.info("+++ Adding Trainer:: %s => %s", name, path)
+        return trainers
+
+    def init_strategies(self):
+        strategies = {"random": Random(), "first": First()}
+        if self._scorer is not None:
+            strategies[SCORE_KEY] = DisagreementStrategy(self._scorer)
+        return strategies
+
+    def init_scoring_methods(self):
+        return {SCORE_KEY: DisagreementScoring(self._scorer)} if self._scorer is not None else {}

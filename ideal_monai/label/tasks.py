@@ -1,0 +1,110 @@
+"""MONAI Label tasks for the ideal-monai bundle (needs ``monailabel``).
+
+- :class:`IdealTrainTask`: the stock ``BundleTrainTask`` (run id ``run`` = ``finetune``, starting
+  from the current ``models/model.pt``) plus the semi-supervised part MONAI Label does not pass:
+  every datastore image without a final label becomes unlabeled data; case ids are added to the
+  datalist; validation falls back to the labeled images when the split leaves none.
+- :class:`DisagreementScoring` (scoring method) stores each unlabeled image's stream-disagreement
+  score in the datastore; :class:`DisagreementStrategy` (active learning) returns the unlabeled
+  image with the highest score, scoring on demand images with no score for the current model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+from ..data.io import strip_image_suffix
+from .scoring import SCORE_KEY, DisagreementScorer
+
+logger = logging.getLogger(__name__)
+
+
+def unlabeled_image_paths(datastore: Datastore, label_tag: str | None = None) -> list[str]:
+    """Paths of the datastore images that have no label with ``label_tag`` (default: final)."""
+    ids = datastore.get_unlabeled_images(label_tag) if label_tag else datastore.get_unlabeled_images()
+    return [datastore.get_image_uri(i) for i in sorted(ids)]
+
+
+class IdealTrainTask(BundleTrainTask):
+    """``BundleTrainTask`` that runs the semi-supervised ``finetune`` with the unlabeled studies."""
+
+    def __call__(self, request, datastore: Datastore):
+        self._datastore = datastore
+        return super().__call__(request, datastore)
+
+    def _fetch_datalist(self, request, datastore: Datastore):
+        datalist = super()._fetch_datalist(request, datastore)
+        for d in datalist:
+            d["case_id"] = str(strip_image_suffix(d["image"]))
+        return datalist
+
+    def _update_overrides(self, overrides):
+        cfg = self.bundle_config
+        semi = bool(cfg.get("semi_supervised", True)) and int(cfg.get("num_streams", 2)) > 1
+        unlabeled = unlabeled_image_paths(self._datastore) if semi else []
+        overrides["train#unlabeled_dataset#data"] = [{"image": p, "case_id": str(strip_image_suffix(p))} for p in unlabeled]
+        if not overrides.get("validate#dataset#data"):
+            overrides["validate#dataset#data"] = overrides["train#dataset#data"]
+        overrides["resume"] = False  # every MONAI Label round starts from models/model.pt (CheckpointLoader)
+        overrides["use_pretrained"] = False  # ... not from the pre-trained encoder
+        logger.info("ideal finetune: %d labeled, %d unlabeled, %d validation image(s)",
+                    len(overrides["train#dataset#data"]), len(unlabeled), len(overrides["validate#dataset#data"]))
+        return overrides
+
+
+class _ScoresMixin:
+    def __init__(self, scorer: DisagreementScorer):
+        self.scorer = scorer
+
+    def score_images(self, datastore: Datastore, image_ids, force: bool = False) -> dict[str, float]:
+        """Score ``image_ids`` (reusing stored scores of the current model unless ``force``)."""
+        version = self.scorer.model_version
+        scores = {}
+        for image_id in image_ids:
+            info = datastore.get_image_info(image_id) or {}
+            stored = info.get(SCORE_KEY)
+            if not force and isinstance(stored, dict) and stored.get("model_version") == version:
+                scores[image_id] = float(stored["score"])
+                continue
+            result = self.scorer.score(datastore.get_image_uri(image_id))
+            result["ts"] = int(time.time())
+            datastore.update_image_info(image_id, {SCORE_KEY: result})
+            scores[image_id] = result["score"]
+        return scores
+
+
+class DisagreementScoring(_ScoresMixin, ScoringMethod):
+    """Scoring method: stream disagreement inside the predicted heart for every unlabeled image."""
+
+    def __init__(self, scorer: DisagreementScorer):
+        _ScoresMixin.__init__(self, scorer)
+        ScoringMethod.__init__(self, "Mean disagreement of the two IDEAL streams inside the predicted heart")
+
+    def __call__(self, request, datastore: Datastore):
+        ids = datastore.get_unlabeled_images()
+        scores = self.score_images(datastore, ids, force=bool(request.get("force", False)))
+        logger.info("ideal disagreement scores: %s", scores)
+        return {"scores": scores}
+
+
+class DisagreementStrategy(_ScoresMixin, Strategy):
+    """Active learning: the unlabeled image whose two streams disagree most inside the heart."""
+
+    def __init__(self, scorer: DisagreementScorer):
+        _ScoresMixin.__init__(self, scorer)
+        Strategy.__init__(self, "Unlabeled image with the highest IDEAL stream disagreement inside the predicted heart")
+
+    def __call__(self, request, datastore: Datastore):
+        ids = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
+        if not ids:
+            return None
+        scores = self.score_images(datastore, ids)
+        best = max(sorted(scores), key=lambda i: scores[i])
+        logger.info("ideal disagreement strategy: %s (score %.4f of %d image(s))", best, scores[best], len(scores))
+        return {"id": best, SCORE_KEY: scores[best]}

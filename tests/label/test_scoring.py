@@ -1,0 +1,36 @@
+"""The stream-disagreement active-learning score (no monailabel needed)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from ideal_monai.bundle_runner import bundle_dir
+from ideal_monai.label.app import _apply_overrides, _write_weights
+from ideal_monai.label.scoring import DisagreementScorer, heart_disagreement
+
+
+def test_heart_disagreement_mean_inside_predicted_heart():
+    probs = torch.zeros(4, 2, 2, 1)
+    probs[0] = 1.0  # background everywhere ...
+    probs[:, 0, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # ... except one LV voxel
+    dis = torch.tensor([[0.8, 0.1], [0.1, 0.1]])[None, ..., None]
+    out = heart_disagreement(torch.cat([probs, dis]))
+    assert out == {"score": pytest.approx(0.8), "heart_voxels": 1}
+    probs[:, 0, 0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # no heart: mean over the volume
+    assert heart_disagreement(torch.cat([probs, dis]))["score"] == pytest.approx(0.275)
+
+
+def test_scorer_on_bundle_copy(tmp_path, synthetic_dataset):
+    bundle = tmp_path / "ideal"
+    shutil.copytree(bundle_dir() / "configs", bundle / "configs")
+    _apply_overrides(bundle / "configs", {"features": [4, 8, 16, 32, 64], "patch_size": [64, 64]})
+    _write_weights(bundle, None)
+    scorer = DisagreementScorer(bundle, device="cpu")
+    image = next(synthetic_dataset.glob("patient*/patient*_frame01.nii.gz"))
+    result = scorer.score(image)
+    assert 0.0 <= result["score"] <= 1.0
+    assert result["model_version"] == scorer.model_version
+    assert scorer.score(image)["score"] == pytest.approx(result["score"])  # deterministic (eval mode)
