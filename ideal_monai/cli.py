@@ -94,6 +94,19 @@ def label_app(output_dir: str, model_path: str | None = None, overwrite: bool = 
           f"--conf zoo_source github --conf sam2 false --host 127.0.0.1")
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """The full traceback on stderr. CPython 3.11's traceback module re-parses source lines with ``ast``
+    to draw ``^^^`` markers, and that can itself raise ``SystemError`` ("AST constructor recursion
+    depth mismatch") after a deep recursion; then print the frames without the markers."""
+    try:
+        traceback.print_exception(exc)
+    except SystemError:
+        frames = traceback.extract_tb(exc.__traceback__)
+        lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line}\n' for f in frames]
+        sys.stderr.write("Traceback (most recent call last):\n" + "".join(lines)
+                         + "".join(traceback.format_exception_only(type(exc), exc)))
+
+
 COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo,
             "label_app": label_app}  # fire also accepts "label-app"
 
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BaseException as e:  # noqa: BLE001 - the one place that turns errors into exit codes
         if debug:
-            traceback.print_exc()
+            _print_traceback(e)
             return 1
         input_error = find_user_error(e)
         seen = {id(e)}
