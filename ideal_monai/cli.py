@@ -101,10 +101,15 @@ def _print_traceback(exc: BaseException) -> None:
     try:
         traceback.print_exception(exc)
     except SystemError:
-        frames = traceback.extract_tb(exc.__traceback__)
-        lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line}\n' for f in frames]
-        sys.stderr.write("Traceback (most recent call last):\n" + "".join(lines)
-                         + "".join(traceback.format_exception_only(type(exc), exc)))
+        chain = []
+        while exc is not None and exc not in chain:  # root cause first, as Python prints it
+            chain.insert(0, exc)
+            exc = exc.__cause__ or exc.__context__
+        for e in chain:
+            frames = traceback.extract_tb(e.__traceback__)
+            lines = [f'  File "{f.filename}", line {f.lineno}, in {f.name}\n    {f.line}\n' for f in frames]
+            sys.stderr.write("Traceback (most recent call last):\n" + "".join(lines)
+                             + "".join(traceback.format_exception_only(type(e), e)))
 
 
 COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo,
