@@ -511,10 +511,17 @@ def prepare_eval_sets(cfg: AcdcBenchmarkConfig, clock=print) -> dict[str, Path]:
 
 
 def _metrics_row(summary: dict) -> dict:
-    """The table's numbers from an :func:`~ideal_monai.evaluation.summarize` dict."""
-    row = {name: stats["dsc_mean"] for name, stats in summary["classes"].items()}
+    """The table's numbers from an :func:`~ideal_monai.evaluation.summarize` dict.
+
+    Undefined means are None whether the summary was just computed (NaN) or read back from
+    ``metrics.json`` (null), so a reused evaluation gives the same row as a fresh one.
+    """
+    def defined(value):
+        return None if value is None or value != value else value
+
+    row = {name: defined(stats["dsc_mean"]) for name, stats in summary["classes"].items()}
     overall = summary["overall"]
-    row.update(dsc=overall["dsc_mean"], hd95=overall["hd95_mean"], asd=overall["asd_mean"],
+    row.update(dsc=defined(overall["dsc_mean"]), hd95=defined(overall["hd95_mean"]), asd=defined(overall["asd_mean"]),
                failures=overall["n_failures"], n_cases=summary["n_cases"])
     return row
 
@@ -534,7 +541,7 @@ def evaluate_run(cfg: AcdcBenchmarkConfig, run_dir: Path, network_overrides: dic
     settings_path, settings = report_dir / "benchmark_settings.json", _jsonable(overrides)
     if skip_existing and _read_json(settings_path) == settings and (old := _read_json(report_dir / "metrics.json")):
         row = _metrics_row(old["summary"])
-        clock(f"evaluation of {run_dir.name} on {set_name} reused: mean DSC {row['dsc']:.3f}")
+        clock(f"evaluation of {run_dir.name} on {set_name} reused: mean DSC {_num(row['dsc'], 3)}")
         return row
     if pred_dir.exists():
         shutil.rmtree(pred_dir)
@@ -543,7 +550,7 @@ def evaluate_run(cfg: AcdcBenchmarkConfig, run_dir: Path, network_overrides: dic
     summary = evaluate_folders(pred_dir, set_dir, report_dir, max_overlays=cfg.profile.max_overlays)
     _write_json(settings_path, settings)
     row = _metrics_row(summary)
-    clock(f"evaluated {run_dir.name} on {set_name}: mean DSC {row['dsc']:.3f}, {row['failures']} failure(s)")
+    clock(f"evaluated {run_dir.name} on {set_name}: mean DSC {_num(row['dsc'], 3)}, {row['failures']} failure(s)")
     return row
 
 
