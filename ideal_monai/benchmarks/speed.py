@@ -67,13 +67,9 @@ __all__ = [
     "training_breakdown",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from .acdc import REPO_ROOT, default_data_dir  # noqa: E402  (one definition of the data location)
+
 BENCHMARKS = ("pretrain", "finetune", "inference")
-
-
-def default_data_dir() -> Path:
-    """``../shared/data/acdc`` relative to the repository root."""
-    return (REPO_ROOT.parent / "shared" / "data" / "acdc").resolve()
 
 
 @dataclasses.dataclass
