@@ -45,6 +45,15 @@ def find_input_error(exc: BaseException | None) -> IdealInputError | None:
     return None
 
 
+def reraise_input_error(exc: BaseException) -> None:
+    """Raise the :class:`IdealInputError` behind ``exc`` on its own (MONAI wraps transform errors in
+    ``RuntimeError``, hiding the one-line message), or ``exc`` itself when there is none."""
+    err = find_input_error(exc)
+    if err is None:
+        raise exc
+    raise err from None
+
+
 def find_user_error(exc: BaseException | None) -> IdealInputError | None:
     """:func:`find_input_error`, else an ``OSError`` naming a file in the chain (a permission
     problem, a missing folder, a full disk...) or a ``FloatingPointError`` (the trainers' stop on a

@@ -53,7 +53,8 @@ class MemoryConfig:
     extra_env: dict = field(default_factory=dict)
 
 
-def _status_kib(key: str) -> int | None:
+def status_kib(key: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``...), or None where /proc is absent."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -65,13 +66,13 @@ def _status_kib(key: str) -> int | None:
 
 def rss_mib() -> float:
     """Current resident set size in MiB (``VmRSS``; NaN where /proc is absent)."""
-    kib = _status_kib("VmRSS")
+    kib = status_kib("VmRSS")
     return float("nan") if kib is None else kib / 1024
 
 
 def peak_rss_mib() -> float:
     """Peak resident set size of this process in MiB (``VmHWM``, else ``ru_maxrss``)."""
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     if kib is None:
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         if sys.platform == "darwin":  # bytes there

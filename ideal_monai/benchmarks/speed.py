@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 from .acdc import REPO_ROOT, default_data_dir  # noqa: E402  (one definition of the data location)
+from .memory import status_kib  # noqa: E402
 
 BENCHMARKS = ("pretrain", "finetune", "inference")
 
@@ -197,25 +198,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _peak_rss() -> int:
     """Peak RSS in bytes since the last reset (``VmHWM``), else the process-wide ``ru_maxrss``."""
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _current_rss() -> int:
-    kib = _status_kib("VmRSS")
+    kib = status_kib("VmRSS")
     return kib * 1024 if kib is not None else 0
 
 

@@ -14,7 +14,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from . import io  # module attribute access, so tests can instrument io.read_shape
-from ..errors import find_input_error
+from ..errors import reraise_input_error
 
 
 class _CacheDataset(CacheDataset):
@@ -28,19 +28,13 @@ class _CacheDataset(CacheDataset):
         try:
             return super()._load_cache_item(idx)
         except RuntimeError as e:
-            err = find_input_error(e)
-            if err is None:
-                raise
-            raise err from None
+            reraise_input_error(e)
 
     def _transform(self, index: int):
         try:
             return super()._transform(index)
         except RuntimeError as e:
-            err = find_input_error(e)
-            if err is None:
-                raise
-            raise err from None
+            reraise_input_error(e)
 
 
 class SliceDataset(torch.utils.data.Dataset):

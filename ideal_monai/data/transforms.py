@@ -30,7 +30,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-from ..errors import find_input_error
+from ..errors import reraise_input_error
 from . import io  # module attribute access, so tests can instrument io.load_volume
 
 
@@ -45,10 +45,7 @@ class InputErrorCompose(Compose):
         try:
             return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
         except RuntimeError as e:
-            err = find_input_error(e)
-            if err is None:
-                raise
-            raise err from None
+            reraise_input_error(e)
 
 
 class LoadCased(MapTransform):
