@@ -372,9 +372,9 @@ def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: 
     comps = [
         (f"encoder E ({n} slices)", encoder, 1, 1, True),
         ("decoder D1 (deconv), all levels + 1x1", decoder(net.decoder1), 1, 1, True),
-        ("decoder D2 (bilinear), all levels + 1x1", decoder(net.decoder2), 1, 0, True),
-        ("  of which D1 full-resolution level (UpCat 32->16 + 1x1)", full_res_level(net.decoder1), 0, 0, False),
-        ("  of which D2 full-resolution level (UpCat 32->16 + 1x1)", full_res_level(net.decoder2), 0, 0, False),
+        ("decoder D2 (bilinear, half width), all levels + 1x1", decoder(net.decoder2), 1, 0, True),
+        ("  of which D1 full-resolution level (UpCat + 1x1)", full_res_level(net.decoder1), 0, 0, False),
+        ("  of which D2 full-resolution level (UpCat + 1x1)", full_res_level(net.decoder2), 0, 0, False),
         ("feature noise on all 5 skips (stream 1)", perturbation(FeatureNoise().train()), 1, 0, True),
         ("feature dropout on all 5 skips (stream 2)", perturbation(FeatureDropout().train()), 1, 0, True),
         (f"DiceCE on {n_labeled} slices", lambda: dice_ce(z1[:n_labeled], y[:n_labeled]).backward(), 2, 0, True),

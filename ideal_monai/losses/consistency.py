@@ -80,6 +80,9 @@ class BidirectionalConsistencyLoss(_Loss):
     def _pseudo_label(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hard label ``(B, *spatial)`` long and, with a threshold, the bool confidence mask."""
         if self.confidence_threshold is None:
-            return logits.argmax(dim=1), None
+            # max(dim).indices == argmax(dim) (both take the first maximum), but on NCHW CPU tensors
+            # it is ~10x faster than argmax, which reduces over the strided class dim (0.012 vs 0.117 s
+            # at (24, 4, 256, 256), 2 threads).
+            return logits.max(dim=1).indices, None
         confidence, label = torch.softmax(logits.float(), dim=1).max(dim=1)
         return label, confidence > self.confidence_threshold

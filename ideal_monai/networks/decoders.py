@@ -11,6 +11,11 @@ they differ in how they upsample:
 
 D1 can produce checkerboard patterns and sharper edges, D2 is smooth; their errors differ, which is
 what bidirectional consistency needs.
+
+``width_factor`` scales the decoder's own widths (not the encoder skips it concatenates). The
+two-stream network builds D2 at half width by default: on CPU a full-width second decoder made the
+fine-tuning step 1.7-2.0x a supervised step (docs/BENCHMARKS.md), a half-width one costs about a
+third of it. CCT's auxiliary decoders are lighter than its main decoder for the same reason.
 """
 
 from __future__ import annotations
@@ -34,9 +39,9 @@ UPSAMPLE_MODES = ("deconv", "nontrainable", "pixelshuffle")
 class UNetDecoder(nn.Module):
     """U-Net decoder taking all skip features of :class:`~ideal_monai.networks.UNetEncoder`.
 
-    Level ``l`` (deep to shallow) upsamples by 2 to ``features[l-1]`` channels, concatenates
-    skip ``l-1`` and applies ``TwoConv``; a 1x1 conv maps the full-resolution ``features[0]``
-    channels to logits.
+    Level ``l`` (deep to shallow) upsamples by 2, concatenates skip ``l-1`` (``features[l-1]``
+    channels) and applies ``TwoConv`` to ``widths[l-1]`` channels; a 1x1 conv maps the
+    full-resolution ``widths[0]`` channels to logits. ``widths = round(width_factor * features)``.
 
     Args:
         spatial_dims: 2 for the method.
@@ -46,6 +51,7 @@ class UNetDecoder(nn.Module):
         act, norm, bias, dropout: as for the encoder.
         interp_mode: interpolation of the ``"nontrainable"`` mode; ``"linear"`` becomes bilinear in 2D.
         align_corners: interpolation corner convention of the ``"nontrainable"`` mode.
+        width_factor: scale of the decoder's widths relative to ``features`` (1.0 = the encoder's).
 
     Shapes: ``[(B, features[l], *spatial / 2**l) for l]`` -> logits ``(B, out_channels, *spatial)``.
     """
@@ -62,6 +68,7 @@ class UNetDecoder(nn.Module):
         dropout: float | tuple = 0.0,
         interp_mode: str = "linear",
         align_corners: bool | None = False,
+        width_factor: float = 1.0,
     ):
         super().__init__()
         features = tuple(int(f) for f in features)
@@ -69,18 +76,25 @@ class UNetDecoder(nn.Module):
             raise ValueError(f"UNetDecoder needs at least two levels, got features={features}.")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}.")
+        if not width_factor > 0:
+            raise ValueError(f"width_factor must be > 0, got {width_factor}.")
+        widths = tuple(max(2, int(round(width_factor * f))) for f in features)
         self.features = features
+        self.widths = widths
+        self.width_factor = float(width_factor)
         self.upsample = upsample
         self.num_levels = len(features)
-        # ups[0] goes from the deepest level to the one above it; ups[-1] ends at full resolution.
+        # ups[0] goes from the deepest level (the encoder's, features[-1] wide) to the one above it;
+        # ups[-1] ends at full resolution. UpCat halves its input channels while upsampling.
+        in_chns = [features[-1]] + [widths[i] for i in range(len(features) - 2, 0, -1)]
         self.ups = nn.ModuleList(
             [
-                UpCat(spatial_dims, features[i], features[i - 1], features[i - 1], act, norm, bias, dropout,
+                UpCat(spatial_dims, in_chns[k], features[i - 1], widths[i - 1], act, norm, bias, dropout,
                       upsample=upsample, interp_mode=interp_mode, align_corners=align_corners)
-                for i in range(len(features) - 1, 0, -1)
+                for k, i in enumerate(range(len(features) - 1, 0, -1))
             ]
         )
-        self.final_conv = Conv["conv", spatial_dims](features[0], out_channels, kernel_size=1)
+        self.final_conv = Conv["conv", spatial_dims](widths[0], out_channels, kernel_size=1)
 
     def forward(self, skips: List[torch.Tensor]) -> torch.Tensor:
         """

@@ -29,10 +29,13 @@ from .decoders import UNetDecoder
 from .encoder import DEFAULT_ACT, DEFAULT_FEATURES, DEFAULT_NORM, UNetEncoder
 from .perturbations import build_perturbation
 
-__all__ = ["DualDecoderUNet", "split_streams", "stream_disagreement", "DECODER_UPSAMPLE"]
+__all__ = ["DualDecoderUNet", "split_streams", "stream_disagreement", "DECODER_UPSAMPLE", "DECODER_WIDTH"]
 
 #: Upsampling mode of decoder ``s`` (1-based): D1 transposed conv, D2 bilinear [METHOD.md 2].
 DECODER_UPSAMPLE = {1: "deconv", 2: "nontrainable"}
+#: Width of decoder ``s`` relative to the encoder's: D2 is a half-width decoder, which keeps the
+#: two-stream fine-tuning step within 1.6x a supervised step on CPU (docs/BENCHMARKS.md).
+DECODER_WIDTH = {1: 1.0, 2: 0.5}
 
 
 def split_streams(t: torch.Tensor, num_streams: int) -> List[torch.Tensor]:
@@ -73,7 +76,7 @@ class DualDecoderUNet(nn.Module):
     Attributes:
         encoder: the shared encoder; its state_dict is the one :class:`PretrainNetwork` saves.
         decoder1: D1, ``upsample="deconv"``.
-        decoder2: D2, ``upsample="nontrainable"`` (bilinear); ``None`` when ``num_streams=1``, so it
+        decoder2: D2, ``upsample="nontrainable"`` (bilinear), half width by default; ``None`` when ``num_streams=1``, so it
             has no state_dict keys.
         perturb1, perturb2: the perturbation applied to every skip feature decoder 1 / 2 receives,
             in training mode only (``perturb2`` is ``None`` when ``num_streams=1``).
@@ -93,6 +96,8 @@ class DualDecoderUNet(nn.Module):
         eval_stream: see the attribute; 1-based, matching ``decoder1``/``decoder2``.
         act, norm, bias, dropout: passed to the encoder and both decoders.
         decoder_upsample: upsampling mode per stream; defaults to :data:`DECODER_UPSAMPLE`.
+        decoder_width: width factor per stream (see ``UNetDecoder(width_factor=...)``); defaults to
+            :data:`DECODER_WIDTH`, i.e. ``(1.0, 0.5)``. ``(1.0, 1.0)`` gives two full-width decoders.
 
     Shapes: input ``(B, in_channels, *spatial)``; output ``(B, S*out_channels, *spatial)`` logits in
     training mode, ``(B, out_channels, *spatial)`` log-probabilities in eval mode.
@@ -114,6 +119,7 @@ class DualDecoderUNet(nn.Module):
         bias: bool = False,
         dropout: float | tuple = 0.0,
         decoder_upsample: Sequence[str] | None = None,
+        decoder_width: Sequence[float] | None = None,
     ):
         super().__init__()
         if num_streams not in (1, 2):
@@ -130,6 +136,11 @@ class DualDecoderUNet(nn.Module):
         decoder_upsample = tuple(decoder_upsample)
         if len(decoder_upsample) != num_streams:
             raise ValueError(f"decoder_upsample needs one entry per stream ({num_streams}), got {decoder_upsample}.")
+        if decoder_width is None:
+            decoder_width = tuple(DECODER_WIDTH[s + 1] for s in range(num_streams))
+        decoder_width = tuple(float(w) for w in decoder_width)
+        if len(decoder_width) != num_streams:
+            raise ValueError(f"decoder_width needs one entry per stream ({num_streams}), got {decoder_width}.")
 
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -141,14 +152,14 @@ class DualDecoderUNet(nn.Module):
         self.encoder = UNetEncoder(spatial_dims, in_channels, self.features, act, norm, bias, dropout)
         dec_kwargs = dict(spatial_dims=spatial_dims, features=self.features, out_channels=out_channels,
                           act=act, norm=norm, bias=bias, dropout=dropout)
-        self.decoder1 = UNetDecoder(upsample=decoder_upsample[0], **dec_kwargs)
+        self.decoder1 = UNetDecoder(upsample=decoder_upsample[0], width_factor=decoder_width[0], **dec_kwargs)
         self.perturb1 = build_perturbation(perturbations[0])
         # None (not an empty module) keeps decoder2.* out of the one-stream state_dict; TorchScript
         # compiles the ``is not None`` branches away.
         self.decoder2: Optional[UNetDecoder] = None
         self.perturb2: Optional[nn.Module] = None
         if num_streams == 2:
-            self.decoder2 = UNetDecoder(upsample=decoder_upsample[1], **dec_kwargs)
+            self.decoder2 = UNetDecoder(upsample=decoder_upsample[1], width_factor=decoder_width[1], **dec_kwargs)
             self.perturb2 = build_perturbation(perturbations[1])
         self.eval_stream = None
         self.set_eval_stream(eval_stream)
