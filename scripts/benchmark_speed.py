@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     p.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE"], default=None,
                    help="set OMP_WAIT_POLICY for this run (default: leave the environment as it is). PASSIVE "
                         "stops idle OpenMP threads from spinning, which matters on a machine shared with other work")
+    p.add_argument("--glibc_default_allocator", action="store_true",
+                   help="do not keep freed memory on the heap (training does, see ideal_monai/utils/allocator.py); "
+                        "shows what page-faulting every large tensor anew costs")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.omp_wait_policy:
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
         warmup=args.warmup, reps=args.reps, budget_s=args.budget_s, max_reps=args.max_reps,
         inference_reps=args.inference_reps, num_volumes=args.num_volumes,
         data_dir=args.data_dir, weights=args.weights, sw_batch_size=args.sw_batch_size, profile=args.profile,
-        seed=args.seed,
+        seed=args.seed, retain_freed_memory=not args.glibc_default_allocator,
     )
     command = "python scripts/benchmark_speed.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = run_speed_benchmarks(cfg, command=command)

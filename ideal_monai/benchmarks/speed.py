@@ -69,6 +69,7 @@ __all__ = [
 
 from .acdc import REPO_ROOT, default_data_dir  # noqa: E402  (one definition of the data location)
 from .memory import status_kib  # noqa: E402
+from ..utils.allocator import retain_freed_memory  # noqa: E402
 
 BENCHMARKS = ("pretrain", "finetune", "inference")
 
@@ -95,6 +96,9 @@ class SpeedConfig:
     sw_batch_size: int | None = None  #: default: inference.json's
     profile: bool = False  #: also print torch.profiler top ops of one step of each arm of a missed target
     seed: int = 0
+    #: keep freed memory on the heap (:func:`~ideal_monai.utils.retain_freed_memory`), as the training
+    #: configs do by default; ``False`` measures glibc's default (mmap + unmap of every large tensor)
+    retain_freed_memory: bool = True
 
 
 @dataclasses.dataclass
@@ -372,7 +376,7 @@ def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: 
     comps = [
         (f"encoder E ({n} slices)", encoder, 1, 1, True),
         ("decoder D1 (deconv), all levels + 1x1", decoder(net.decoder1), 1, 1, True),
-        ("decoder D2 (bilinear, half width), all levels + 1x1", decoder(net.decoder2), 1, 0, True),
+        ("decoder D2 (bilinear), all levels + 1x1", decoder(net.decoder2), 1, 0, True),
         ("  of which D1 full-resolution level (UpCat + 1x1)", full_res_level(net.decoder1), 0, 0, False),
         ("  of which D2 full-resolution level (UpCat + 1x1)", full_res_level(net.decoder2), 0, 0, False),
         ("feature noise on all 5 skips (stream 1)", perturbation(FeatureNoise().train()), 1, 0, True),
@@ -673,6 +677,8 @@ def _environment(cfg: SpeedConfig) -> dict:
                                                              "KMP_BLOCKTIME") if k in os.environ)
                or "OMP_WAIT_POLICY unset (OpenMP default: threads spin while waiting)",
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "allocator": "glibc keeps freed memory (retain_freed_memory: mmap off, no trimming), as training does"
+                     if cfg.retain_freed_memory else "glibc default (large tensors mmap'ed and unmapped every step)",
     }
 
 
@@ -719,7 +725,7 @@ def format_report(result: dict) -> str:
         "",
         f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
         f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
-        f"Python {env['python']}; {env['omp']}.",
+        f"Python {env['python']}; {env['omp']}; allocator: {env['allocator']}.",
         f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min; process CPU time "
         f"{result['rusage'].ru_utime / 60:.1f} min user + {result['rusage'].ru_stime / 60:.1f} min system "
         f"({result['rusage'].ru_minflt / 1e6:.1f} M minor page faults).",
@@ -772,6 +778,7 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
         pass
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
+    retain_freed_memory(cfg.retain_freed_memory)
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     comparisons: list[Comparison] = []

@@ -12,10 +12,10 @@ they differ in how they upsample:
 D1 can produce checkerboard patterns and sharper edges, D2 is smooth; their errors differ, which is
 what bidirectional consistency needs.
 
-``width_factor`` scales the decoder's own widths (not the encoder skips it concatenates). The
-two-stream network builds D2 at half width by default: on CPU a full-width second decoder made the
-fine-tuning step 1.7-2.0x a supervised step (docs/BENCHMARKS.md), a half-width one costs about a
-third of it. CCT's auxiliary decoders are lighter than its main decoder for the same reason.
+``width_factor`` scales the decoder's own widths (not the encoder skips it concatenates).
+``DualDecoderUNet(decoder_width=(1.0, 0.5))`` builds a half-width D2, which takes the CPU
+fine-tuning step from 1.75x to 1.43x a supervised step but validated lower on phantoms
+(docs/BENCHMARKS.md), so both decoders are full width by default.
 """
 
 from __future__ import annotations

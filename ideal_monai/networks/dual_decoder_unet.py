@@ -33,9 +33,10 @@ __all__ = ["DualDecoderUNet", "split_streams", "stream_disagreement", "DECODER_U
 
 #: Upsampling mode of decoder ``s`` (1-based): D1 transposed conv, D2 bilinear [METHOD.md 2].
 DECODER_UPSAMPLE = {1: "deconv", 2: "nontrainable"}
-#: Width of decoder ``s`` relative to the encoder's: D2 is a half-width decoder, which keeps the
-#: two-stream fine-tuning step within 1.6x a supervised step on CPU (docs/BENCHMARKS.md).
-DECODER_WIDTH = {1: 1.0, 2: 0.5}
+#: Width of decoder ``s`` relative to the encoder's. ``(1.0, 0.5)`` (a half-width D2) makes the CPU
+#: fine-tuning step 1.43x instead of 1.75x a supervised step, but validated lower on phantoms
+#: (docs/BENCHMARKS.md, "Step and inference speed"), so the default keeps both at full width.
+DECODER_WIDTH = {1: 1.0, 2: 1.0}
 
 
 def split_streams(t: torch.Tensor, num_streams: int) -> List[torch.Tensor]:
@@ -76,7 +77,7 @@ class DualDecoderUNet(nn.Module):
     Attributes:
         encoder: the shared encoder; its state_dict is the one :class:`PretrainNetwork` saves.
         decoder1: D1, ``upsample="deconv"``.
-        decoder2: D2, ``upsample="nontrainable"`` (bilinear), half width by default; ``None`` when ``num_streams=1``, so it
+        decoder2: D2, ``upsample="nontrainable"`` (bilinear); ``None`` when ``num_streams=1``, so it
             has no state_dict keys.
         perturb1, perturb2: the perturbation applied to every skip feature decoder 1 / 2 receives,
             in training mode only (``perturb2`` is ``None`` when ``num_streams=1``).
@@ -97,7 +98,7 @@ class DualDecoderUNet(nn.Module):
         act, norm, bias, dropout: passed to the encoder and both decoders.
         decoder_upsample: upsampling mode per stream; defaults to :data:`DECODER_UPSAMPLE`.
         decoder_width: width factor per stream (see ``UNetDecoder(width_factor=...)``); defaults to
-            :data:`DECODER_WIDTH`, i.e. ``(1.0, 0.5)``. ``(1.0, 1.0)`` gives two full-width decoders.
+            :data:`DECODER_WIDTH`, i.e. ``(1.0, 1.0)``; ``(1.0, 0.5)`` is the faster half-width D2.
 
     Shapes: input ``(B, in_channels, *spatial)``; output ``(B, S*out_channels, *spatial)`` logits in
     training mode, ``(B, out_channels, *spatial)`` log-probabilities in eval mode.
