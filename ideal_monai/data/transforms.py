@@ -127,8 +127,18 @@ def slice_augmentation(
     prob: float = 0.5,
     rotate_deg: float = 20.0,
     scale: float = 0.15,
+    translate_px: float = 0.0,
 ) -> Compose:
-    """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation and scaling.
+    """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation, scaling and translation.
+
+    Args:
+        keys: image key first, then label keys (nearest-neighbour resampling).
+        prob: probability of each flip and of the affine transform.
+        rotate_deg: rotation range, +- degrees.
+        scale: scaling range, +- fraction.
+        translate_px: translation range, +- pixels per axis. The training configs use 10 % of the
+            patch: preprocessing centre-crops, so without it the network only sees hearts where the
+            few labeled patients have them and can miss an off-centre heart entirely.
 
     Labels are resampled with nearest neighbour and returned as uint8, like unaugmented slices
     (``RandAffined`` outputs float32, which would mix dtypes within a batch).
@@ -139,7 +149,7 @@ def slice_augmentation(
         RandFlipd(keys, prob=prob, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys, prob=prob, spatial_axis=1, allow_missing_keys=True),
         RandAffined(keys, prob=prob, rotate_range=(float(np.deg2rad(rotate_deg)),), scale_range=(scale, scale),
-                    mode=modes, padding_mode="zeros", allow_missing_keys=True),
+                    translate_range=(float(translate_px), float(translate_px)), mode=modes, padding_mode="zeros", allow_missing_keys=True),
     ]
     if len(keys) > 1:
         transforms.append(CastToTyped(keys[1:], dtype=np.uint8, allow_missing_keys=True))
