@@ -40,7 +40,7 @@ def run_demo(
     seed: int = 0,
     pretrain_epochs: int = 4,
     pretrain_iterations: int = 30,
-    finetune_epochs: int = 6,
+    finetune_epochs: int = 10,
     finetune_iterations: int = 60,
     batch_size: int = 8,
 ) -> dict:
