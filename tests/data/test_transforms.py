@@ -189,6 +189,28 @@ def test_slice_augmentation_keeps_labels_integer_and_aligned():
     assert (np.rint(out_img[inside]) - 1 == out_lab[inside]).mean() > 0.85
 
 
+def test_slice_augmentation_translates_image_and_label_together():
+    """translate_px moves a centred heart off the centre (the failure it fixes: a network that only saw
+    centred hearts missed an off-centre one entirely), image and label by the same offset, within range."""
+    lab = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    lab[0, 28:36, 28:36] = 3
+    item = {"image": lab.float(), "label": lab}
+    offsets = []
+    for seed in range(20):
+        aug = slice_augmentation(prob=1.0, rotate_deg=0.0, scale=0.0, translate_px=8.0)
+        aug.set_random_state(seed=seed)
+        # only the affine: the flips would mirror the centred square onto itself anyway
+        out = aug.transforms[2](dict(item))
+        img_c = np.argwhere(np.asarray(out["image"])[0] > 1.5).mean(axis=0)
+        lab_c = np.argwhere(np.asarray(out["label"])[0] == 3).mean(axis=0)
+        np.testing.assert_allclose(img_c, lab_c, atol=0.6)
+        offsets.append(lab_c - 31.5)
+    offsets = np.abs(np.array(offsets))
+    assert offsets.max() <= 8.5 and offsets.max() > 4.0  # up to +-8 px, and really used
+    still = slice_augmentation(prob=1.0, rotate_deg=0.0, scale=0.0).transforms[2](dict(item))
+    assert np.array_equal(np.asarray(still["label"]), lab.numpy())  # default: no translation
+
+
 def test_slice_augmentation_is_reproducible_and_unlabeled_ok():
     a, b = slice_augmentation(prob=1.0), slice_augmentation(prob=1.0)
     a.set_random_state(seed=7)
