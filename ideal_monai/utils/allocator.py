@@ -4,8 +4,8 @@ glibc serves every allocation above its mmap threshold (at most 32 MiB) with a f
 unmaps it on free. A CPU training step at 256x256 allocates activation tensors of 50-400 MiB, so each
 step page-faults (and the kernel zeroes) gigabytes anew: the fine-tuning benchmark saw 67 M minor
 faults and 2.5 of 9.8 CPU-minutes in the kernel. With ``mmap`` disabled and trimming off, freed
-blocks stay on the heap and the next step reuses them: 9.5 -> 4.4 s per two-stream step and
-5.1 -> 3.1 s per supervised step on the 2-core machine (docs/BENCHMARKS.md). The price is that the
+blocks stay on the heap and the next step reuses them: 9.5 -> 4.4 s per two-stream step (half-width
+D2) and 5.1 -> 3.1 s per supervised step at 256x256 on the 2-core machine (docs/BENCHMARKS.md). The price is that the
 process keeps its peak RSS, which a training process reaches every step anyway.
 
 This is process-wide and only affects allocations made afterwards; it does nothing on non-glibc
