@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import nibabel as nib
@@ -122,3 +123,17 @@ def test_slice_loader(cases, pre):
     (only,) = list(slice_loader(ds, batch_size=n + 5))
     assert only["image"].shape[0] == n
     assert slice_loader(SliceDataset([], pre, progress=False), batch_size=2) is None
+
+
+def _tag_worker_pid(item: dict) -> dict:
+    return {**item, "pid": os.getpid()}
+
+
+def test_slice_loader_keeps_workers_across_passes(cases, pre):
+    # The trainers cycle a small labeled set many times per epoch; forking the workers anew on each
+    # pass cost more than the GPU step itself.
+    ds = SliceDataset(cases[:1], pre, slice_transform=_tag_worker_pid, progress=False)
+    loader = slice_loader(ds, batch_size=2, num_workers=1)
+    first = {int(p) for batch in loader for p in batch["pid"]}
+    second = {int(p) for batch in loader for p in batch["pid"]}
+    assert first == second and os.getpid() not in first
