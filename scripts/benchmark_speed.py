@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     p.add_argument("--glibc_default_allocator", action="store_true",
                    help="do not keep freed memory on the heap (training does, see ideal_monai/utils/allocator.py); "
                         "shows what page-faulting every large tensor anew costs")
+    p.add_argument("--nchw", action="store_true",
+                   help="keep the networks in NCHW memory order (the bundle configs' channels_last=false); the "
+                        "default is channels-last, as the configs' default")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.omp_wait_policy:
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
         inference_reps=args.inference_reps, num_volumes=args.num_volumes,
         data_dir=args.data_dir, weights=args.weights, sw_batch_size=args.sw_batch_size, profile=args.profile,
         seed=args.seed, retain_freed_memory=not args.glibc_default_allocator,
+        channels_last=not args.nchw,
     )
     command = "python scripts/benchmark_speed.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = run_speed_benchmarks(cfg, command=command)

@@ -516,6 +516,10 @@ CORPUS = [
     Entry(_wrong_type("patch_size", 32), {"pretrain": "refuse", "finetune": "refuse", "inference": "refuse"},
           "--patch_size 32"),
     Entry(_wrong_type("overwrite", "false"), {"inference": "refuse"}, "--overwrite false (a string)"),
+    Entry(_wrong_type("decoder_width", [1.0]), {"finetune": "refuse", "inference": "refuse"},
+          "--decoder_width [1.0] for two streams"),
+    Entry(_wrong_type("channels_last", "yes"), {"pretrain": "refuse", "finetune": "refuse", "inference": "refuse"},
+          "--channels_last yes"),
     Entry(_wrong_type("overlays", "no"), {"evaluate": "refuse"}, "--overlays no"),
     Entry(_wrong_type("num_cases", "many"), {"synth": "refuse"}, "--num_cases many"),
 ]

@@ -99,6 +99,8 @@ class SpeedConfig:
     #: keep freed memory on the heap (:func:`~ideal_monai.utils.retain_freed_memory`), as the training
     #: configs do by default; ``False`` measures glibc's default (mmap + unmap of every large tensor)
     retain_freed_memory: bool = True
+    #: channels-last (NHWC) networks, as the bundle configs' ``channels_last`` default; ``False`` measures NCHW
+    channels_last: bool = True
 
 
 @dataclasses.dataclass
@@ -483,7 +485,13 @@ def _bundle_values(name: str) -> dict:
 # the three comparisons
 
 
-def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_streams=1, unlabeled=None):
+def _memory_format(net: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    """``net`` in the memory order the bundle's ``channels_last`` key gives it."""
+    return net.to(memory_format=torch.channels_last) if channels_last else net
+
+
+def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_streams=1, unlabeled=None,
+                        channels_last=True):
     """A real TwoStreamTrainer (bundle losses/optimizer) and its one in-memory batch."""
     from monai.losses import DiceCELoss
 
@@ -491,8 +499,8 @@ def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_st
     from ..losses import BidirectionalConsistencyLoss
     from ..networks import DualDecoderUNet
 
-    net = DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=num_classes, features=features,
-                          num_streams=num_streams)
+    net = _memory_format(DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=num_classes, features=features,
+                                         num_streams=num_streams), channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=float(train_cfg.get("learning_rate", 0.01)),
                           momentum=float(train_cfg.get("momentum", 0.9)),
                           weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
@@ -523,6 +531,7 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
                           dense_levels=tuple(pre_cfg.get("dense_levels", (-1,))),
                           dense_head_kwargs={"out_channels": int(pre_cfg.get("projection_channels", 128)),
                                              "num_layers": int(pre_cfg.get("head_layers", 2))})
+    net = _memory_format(net, cfg.channels_last)
     strides = net.dense_strides()
     batch = {"view_q": view_q, "view_k": view_k}
     cells = 0
@@ -540,7 +549,7 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
                               optimizer=opt, dense_loss=DenseLocalContrastiveLoss(float(pre_cfg.get("temperature", 0.1))))
     pretrain_step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
     sup_step, _ = _supervised_trainer(_take(slices, b), _take(labels, b), features,
-                                      int(train_cfg.get("num_classes", 4)), train_cfg)
+                                      int(train_cfg.get("num_classes", 4)), train_cfg, channels_last=cfg.channels_last)
     log(f"[1/3] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
         f"vs supervised step ({b} slices)")
     arms = {"pretrain": [pretrain_step], f"supervised_{b}": [sup_step]}
@@ -560,8 +569,10 @@ def _finetune_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     bl, bu, p = cfg.batch_labeled, cfg.batch_unlabeled, cfg.patch
     x_l, y_l = _take(slices, bl), _take(labels, bl)
     x_u = _take(slices, bu, start=bl)
-    ideal_step, _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u)
-    sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg)
+    ideal_step, _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u,
+                                        channels_last=cfg.channels_last)
+    sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg,
+                                      channels_last=cfg.channels_last)
     log(f"[2/3] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
     arms = {"finetune": [ideal_step], f"supervised_{bl + bu}": [sup_step]}
     stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
@@ -595,7 +606,7 @@ def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison],
         net = DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=nc, features=features, num_streams=s)
         if cfg.weights is not None:
             net = load_model_weights(net, cfg.weights, strict=s == 2)  # 1 stream: decoder2.* is unused
-        nets[s] = net.eval()
+        nets[s] = _memory_format(net, cfg.channels_last).eval()
     evaluators = {
         s: SegmentationEvaluator(device=torch.device("cpu"), val_data_loader=[], network=nets[s],
                                  preprocessing=preprocessing, inferer=inferer, postprocessing=postprocessing,
@@ -670,6 +681,7 @@ def _environment(cfg: SpeedConfig) -> dict:
         "logical_cpus": os.cpu_count(),
         "cpus_available": affinity,
         "threads": cfg.threads,
+        "memory_format": "channels_last (NHWC)" if cfg.channels_last else "NCHW",
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
@@ -725,7 +737,7 @@ def format_report(result: dict) -> str:
         "",
         f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
         f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
-        f"Python {env['python']}; {env['omp']}; allocator: {env['allocator']}.",
+        f"Python {env['python']}; {env['omp']}; allocator: {env['allocator']}; networks {env['memory_format']}.",
         f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min; process CPU time "
         f"{result['rusage'].ru_utime / 60:.1f} min user + {result['rusage'].ru_stime / 60:.1f} min system "
         f"({result['rusage'].ru_minflt / 1e6:.1f} M minor page faults).",

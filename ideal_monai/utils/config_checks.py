@@ -22,7 +22,8 @@ def _fail(key: str, expected: str, value) -> None:
 
 def check_config_values(*, bools: dict | None = None, ints: dict | None = None, numbers: dict | None = None,
                         optional_numbers: dict | None = None, sizes: dict | None = None,
-                        optional_sizes: dict | None = None, choices: dict | None = None) -> bool:
+                        optional_sizes: dict | None = None, choices: dict | None = None,
+                        positive_lists: dict | None = None) -> bool:
     """Validate groups of ``{config key: value}``; raise :class:`IdealInputError` naming the key.
 
     Args:
@@ -33,6 +34,8 @@ def check_config_values(*, bools: dict | None = None, ints: dict | None = None, 
         sizes: sequences of positive integers (e.g. ``patch_size``).
         optional_sizes: sequences of positive numbers, or None (e.g. ``target_spacing``).
         choices: ``{key: (value, allowed values)}``.
+        positive_lists: ``{key: (value, n)}``: a list of at least ``n`` positive numbers (e.g.
+            ``decoder_width``, one factor per stream).
 
     Returns True so a config can use it as an expression.
     """
@@ -59,4 +62,8 @@ def check_config_values(*, bools: dict | None = None, ints: dict | None = None, 
     for key, (value, allowed) in (choices or {}).items():
         if value not in allowed:
             _fail(key, f"one of {list(allowed)}", value)
+    for key, (value, n) in (positive_lists or {}).items():
+        if not isinstance(value, (list, tuple)) or len(value) < n or not all(
+                isinstance(v, Real) and not isinstance(v, bool) and v > 0 for v in value):
+            _fail(key, f"a list of at least {n} positive number(s) like {[1.0] * max(n, 1)}", value)
     return True

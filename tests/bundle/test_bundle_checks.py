@@ -179,3 +179,34 @@ def test_train_config_best_model_saver_targets_model_pt():
     savers = [h for h in handlers if h["_target_"].endswith("ModelSaver") and h.get("filename") == "model.pt"]
     assert len(savers) == 1
     assert savers[0]["network"] == "@network" and savers[0]["save_dir"] == "@ckpt_dir" and savers[0]["when"] == "best"
+
+
+@pytest.mark.parametrize("config", ["pretrain.json", "train.json", "inference.json"])
+def test_channels_last_key_sets_the_memory_order_and_keeps_the_outputs(config, tmp_path):
+    """``channels_last`` (default on) puts the bundle's ``network`` in NHWC order, ``false`` keeps
+    NCHW, and both give the same output for the same weights (float32)."""
+    overrides = {"bundle_root": str(tmp_path), "features": SMALL, "use_pretrained": False}
+    if config == "inference.json":
+        model = tmp_path / "model.pt"
+        torch.save(_network_def(config, features=SMALL).state_dict(), model)
+        del overrides["use_pretrained"]
+        overrides["model_path"] = str(model)
+    nets = {}
+    for flag in (True, False):
+        parser = ConfigParser()
+        parser.read_config(CONFIGS / config)
+        parser.update({**overrides, "channels_last": flag})
+        nets[flag] = parser.get_parsed_content("network").eval()
+    assert parser["channels_last"] is False and ConfigParser.load_config_file(CONFIGS / config)["channels_last"] is True
+    nets[False].load_state_dict(nets[True].state_dict())
+    # kernels with one input channel or a 1x1 window are laid out the same in both orders
+    kernels = {flag: [p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+               for flag, net in nets.items()}
+    assert kernels[True] and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                                 for p in kernels[True])
+    assert all(p.is_contiguous() for p in kernels[False])
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        out_nhwc, out_nchw = nets[True](x), nets[False](x)
+    # pre-training gives {"dense": [...], "global": ..., "features": [...]}, the others one tensor
+    torch.testing.assert_close(out_nhwc, out_nchw, rtol=1e-4, atol=1e-5)
