@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -13,10 +14,25 @@ logger = logging.getLogger(__name__)
 def check_finite(engine: Engine, loss: torch.Tensor) -> bool:
     """True when ``loss`` is finite. Otherwise apply ``engine.nonfinite``: ``"skip"`` logs and returns
     False (the batch is dropped); ``"stop"`` raises ``FloatingPointError`` so training ends before a
-    bad step reaches the weights, leaving the last good checkpoint in place."""
-    if bool(torch.isfinite(loss.detach()).all()):
+    bad step reaches the weights, leaving the last good checkpoint in place.
+
+    Under ``torch.distributed`` every rank must take the same branch: DDP's backward all-reduces the
+    gradients, so one rank skipping its backward (or leaving) while the others wait in it would
+    hang them all. The ranks therefore agree first (one-element all-reduce, MIN of "finite"): a
+    non-finite loss on any rank skips or stops the step on every rank.
+    """
+    finite = torch.isfinite(loss.detach()).all()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        agreed = finite.to(dtype=torch.int32).reshape(1)  # on the loss's device (NCCL needs CUDA tensors)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+        if bool(agreed):  # one host sync per step, as without distribution
+            return True
+    elif bool(finite):
         return True
-    msg = f"non-finite loss ({float(loss.detach()):g}) at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+    local_ok = bool(finite)
+    where = f"at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+    msg = (f"non-finite loss ({float(loss.detach()):g}) {where}" if not local_ok
+           else f"non-finite loss on another process (rank {dist.get_rank()} had {float(loss.detach()):g}) {where}")
     if getattr(engine, "nonfinite", "stop") == "skip":
         engine.state.skipped_batches = getattr(engine.state, "skipped_batches", 0) + 1
         logger.warning("%s: batch skipped", msg)
