@@ -29,12 +29,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         markdown = format_seed_summary(combine_seeds(args.folders))
+        if args.output:
+            atomic_write_text(markdown, args.output)  # OutputError (an IdealInputError) names the file
     except IdealInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(markdown)
-    if args.output:
-        atomic_write_text(markdown, args.output)
     return 0
 
 

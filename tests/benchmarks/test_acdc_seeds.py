@@ -128,3 +128,12 @@ def test_script_writes_the_table_or_fails_with_one_line_and_no_file(two_seeds, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "results.json" in err and "seeds must differ" in err
     assert not bad.exists()
+
+
+def test_script_reports_an_unwritable_output_in_one_line(two_seeds, tmp_path, capsys):
+    target = tmp_path / "a_folder"
+    (target / "inside").mkdir(parents=True)  # --output names an existing folder: cannot be replaced by a file
+    assert summarize_acdc_seeds.main([str(f) for f in two_seeds] + ["--output", str(target)]) == 1
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and str(target) in err and "cannot write" in err
+    assert out == "" and target.is_dir() and [p.name for p in target.iterdir()] == ["inside"]
