@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import IdealInputError
-from .acdc import ARMS
+from .acdc import ARMS, _num
 
 #: The arm every other arm is compared with, volume by volume.
 REFERENCE_ARM = "supervised"
@@ -107,8 +107,6 @@ def combine_seeds(folders: Sequence[str | Path]) -> dict:
             the same seed, profiles that differ in more than the seed, or per-volume metrics
             whose volumes differ between two runs of one comparison.
     """
-    from scipy.stats import wilcoxon
-
     if not folders:
         raise IdealInputError(None, "no benchmark output folder given")
     invocations = [load_invocation(f) for f in folders]
@@ -145,14 +143,16 @@ def combine_seeds(folders: Sequence[str | Path]) -> dict:
                    "dsc_sd": statistics.stdev(dscs) if len(dscs) > 1 else float("nan")}
             reference = cells.get((REFERENCE_ARM, labeled), {})
             if arm != REFERENCE_ARM and seeds == sorted(reference):
-                row.update(_paired(by_seed, reference, seeds, wilcoxon, set_name, first["folder"]))
+                row.update(_paired(by_seed, reference, seeds, set_name, first["folder"]))
             rows.append(row)
         out["sets"][set_name] = rows
     return out
 
 
-def _paired(arm_by_seed: dict, ref_by_seed: dict, seeds: list, wilcoxon, set_name: str, where) -> dict:
+def _paired(arm_by_seed: dict, ref_by_seed: dict, seeds: list, set_name: str, where) -> dict:
     """Per-volume DSC difference arm - reference, averaged over seeds, and its summary."""
+    from scipy.stats import wilcoxon
+
     volumes = sorted(ref_by_seed[seeds[0]][1])
     for seed in seeds:
         for volumes_of in (arm_by_seed[seed][1], ref_by_seed[seed][1]):
@@ -165,10 +165,6 @@ def _paired(arm_by_seed: dict, ref_by_seed: dict, seeds: list, wilcoxon, set_nam
     p = float(wilcoxon(nonzero).pvalue) if nonzero else float("nan")
     return {"diff_mean": statistics.fmean(diffs) if diffs else float("nan"),
             "wins": sum(d > 0 for d in diffs), "n_volumes": len(diffs), "p_wilcoxon": p}
-
-
-def _num(value, digits: int) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _p_value(p: float) -> str:
