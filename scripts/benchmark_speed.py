@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 # torch is imported only after the arguments are read: --omp_wait_policy must be in the environment
 # before the OpenMP runtime starts.
-BENCHMARKS = ("pretrain", "finetune", "inference")
+BENCHMARKS = ("pretrain", "finetune", "inference", "precision")
 
 
 def main(argv=None) -> int:
@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--nchw", action="store_true",
                    help="keep the networks in NCHW memory order (the bundle configs' channels_last=false); the "
                         "default is channels-last, as the configs' default")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="the configs' precision key for every arm (default auto, the configs' default: bf16 on "
+                        "CPUs with bf16 units); the 'precision' comparison always measures it against fp32")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.omp_wait_policy:
@@ -74,7 +77,7 @@ def main(argv=None) -> int:
         inference_reps=args.inference_reps, num_volumes=args.num_volumes,
         data_dir=args.data_dir, weights=args.weights, sw_batch_size=args.sw_batch_size, profile=args.profile,
         seed=args.seed, retain_freed_memory=not args.glibc_default_allocator,
-        channels_last=not args.nchw,
+        channels_last=not args.nchw, precision=args.precision,
     )
     command = "python scripts/benchmark_speed.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     result = run_speed_benchmarks(cfg, command=command)

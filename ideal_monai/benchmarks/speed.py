@@ -70,8 +70,9 @@ __all__ = [
 from .acdc import REPO_ROOT, default_data_dir  # noqa: E402  (one definition of the data location)
 from .memory import status_kib  # noqa: E402
 from ..utils.allocator import retain_freed_memory  # noqa: E402
+from ..utils.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 
-BENCHMARKS = ("pretrain", "finetune", "inference")
+BENCHMARKS = ("pretrain", "finetune", "inference", "precision")
 
 
 @dataclasses.dataclass
@@ -101,6 +102,8 @@ class SpeedConfig:
     retain_freed_memory: bool = True
     #: channels-last (NHWC) networks, as the bundle configs' ``channels_last`` default; ``False`` measures NCHW
     channels_last: bool = True
+    #: the configs' ``precision`` key for every arm (``auto``, their default: bf16 on CPUs with bf16 units)
+    precision: str = "auto"
 
 
 @dataclasses.dataclass
@@ -491,7 +494,7 @@ def _memory_format(net: torch.nn.Module, channels_last: bool) -> torch.nn.Module
 
 
 def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_streams=1, unlabeled=None,
-                        channels_last=True):
+                        channels_last=True, precision="fp32", decoder_width=None):
     """A real TwoStreamTrainer (bundle losses/optimizer) and its one in-memory batch."""
     from monai.losses import DiceCELoss
 
@@ -500,7 +503,7 @@ def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_st
     from ..networks import DualDecoderUNet
 
     net = _memory_format(DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=num_classes, features=features,
-                                         num_streams=num_streams), channels_last)
+                                         num_streams=num_streams, decoder_width=decoder_width), channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=float(train_cfg.get("learning_rate", 0.01)),
                           momentum=float(train_cfg.get("momentum", 0.9)),
                           weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
@@ -511,6 +514,7 @@ def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_st
         supervised_loss=DiceCELoss(to_onehot_y=True, softmax=True),
         consistency_loss=BidirectionalConsistencyLoss(confidence_threshold=train_cfg.get("confidence_threshold")),
         consistency_weight=float(train_cfg.get("lambda_max", 1.0)),  # lambda's value does not change the cost
+        precision=precision,
     )
     return (lambda: trainer._iteration(trainer, batch)), net
 
@@ -546,11 +550,13 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     opt = torch.optim.AdamW(net.parameters(), lr=float(pre_cfg.get("learning_rate", 1e-3)),
                             weight_decay=float(pre_cfg.get("weight_decay", 1e-4)))
     trainer = PretrainTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
-                              optimizer=opt, dense_loss=DenseLocalContrastiveLoss(float(pre_cfg.get("temperature", 0.1))))
+                              optimizer=opt, dense_loss=DenseLocalContrastiveLoss(float(pre_cfg.get("temperature", 0.1))),
+                              precision=cfg.precision)
     pretrain_step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
     sup_step, _ = _supervised_trainer(_take(slices, b), _take(labels, b), features,
-                                      int(train_cfg.get("num_classes", 4)), train_cfg, channels_last=cfg.channels_last)
-    log(f"[1/3] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
+                                      int(train_cfg.get("num_classes", 4)), train_cfg, channels_last=cfg.channels_last,
+                                      precision=cfg.precision)
+    log(f"[1/4] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
         f"vs supervised step ({b} slices)")
     arms = {"pretrain": [pretrain_step], f"supervised_{b}": [sup_step]}
     stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
@@ -570,16 +576,48 @@ def _finetune_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     x_l, y_l = _take(slices, bl), _take(labels, bl)
     x_u = _take(slices, bu, start=bl)
     ideal_step, _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u,
-                                        channels_last=cfg.channels_last)
+                                        channels_last=cfg.channels_last, precision=cfg.precision)
     sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg,
-                                      channels_last=cfg.channels_last)
-    log(f"[2/3] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
+                                      channels_last=cfg.channels_last, precision=cfg.precision)
+    log(f"[2/4] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
     arms = {"finetune": [ideal_step], f"supervised_{bl + bu}": [sup_step]}
     stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
     comp = Comparison(f"Fine-tuning step vs supervised step ({bl}+{bu} slices, {p}x{p})", stats["finetune"],
-                      stats[f"supervised_{bl + bu}"], 1.6,
+                      stats[f"supervised_{bl + bu}"], 1.4,
                       note=f"IDEAL: TwoStreamTrainer iteration, 2 streams, DiceCE on {bl} x 2 streams + BCR on "
                            f"{bl + bu}, SGD; baseline: TwoStreamTrainer, 1 stream, DiceCE on {bl + bu}, SGD")
+    return comp, {"arms": arms, "per_arm_peak": per_arm}
+
+
+#: The ACDC CPU profile's fine-tuning step before the ``precision`` key (``benchmarks/acdc.py``,
+#: ``CPU_PROFILE``): 12 labeled + 4 unlabeled slices of 128x128, half-width D2, float32.
+CPU_PROFILE_STEP = {"patch": 128, "batch_labeled": 12, "batch_unlabeled": 4, "decoder_width": [1.0, 0.5]}
+
+
+def _precision_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
+    """The CPU profile's two-stream step at ``cfg.precision`` against the same step in float32."""
+    from ..utils.precision import resolve_precision
+
+    train_cfg = _bundle_values("train")
+    features = tuple(train_cfg.get("features", (16, 32, 64, 128, 256)))
+    nc = int(train_cfg.get("num_classes", 4))
+    p, bl, bu = CPU_PROFILE_STEP["patch"], CPU_PROFILE_STEP["batch_labeled"], CPU_PROFILE_STEP["batch_unlabeled"]
+    small = torch.nn.functional.interpolate(slices, size=(p, p), mode="bilinear", align_corners=False)
+    small_labels = torch.nn.functional.interpolate(labels.float(), size=(p, p), mode="nearest").long()
+    x_l, y_l, x_u = _take(small, bl), _take(small_labels, bl), _take(small, bu, start=bl)
+    resolved = resolve_precision(cfg.precision, "cpu")
+    steps = {}
+    for name, precision in (("profile_" + resolved, resolved), ("profile_fp32", "fp32")):
+        steps[name], _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u,
+                                             channels_last=cfg.channels_last, precision=precision,
+                                             decoder_width=CPU_PROFILE_STEP["decoder_width"])
+    log(f"[4/4] CPU-profile fine-tuning step ({bl}+{bu} slices, {p}x{p}, half-width D2): {resolved} vs fp32")
+    arms = {k: [v] for k, v in steps.items()}
+    stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
+    comp = Comparison(f"CPU-profile fine-tuning step, {resolved} vs fp32 ({bl}+{bu} slices, {p}x{p}, half D2)",
+                      stats["profile_" + resolved], stats["profile_fp32"], 0.5,
+                      note=f"precision={cfg.precision!r} resolved to {resolved} on this CPU; target: 2-3x more steps "
+                           "per minute than the float32 profile (ratio <= 0.5)")
     return comp, {"arms": arms, "per_arm_peak": per_arm}
 
 
@@ -593,6 +631,7 @@ def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison],
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "bundle" / "configs" / "inference.json"))
     parser["patch_size"] = [cfg.patch, cfg.patch]
+    parser["precision"] = cfg.precision
     if cfg.sw_batch_size is not None:
         parser["sw_batch_size"] = int(cfg.sw_batch_size)
     preprocessing = parser.get_parsed_content("preprocessing")
@@ -634,7 +673,7 @@ def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison],
         "base_net": [net_only(1, x) for x in inputs],
     }
     reps = cfg.inference_reps or cfg.reps
-    log(f"[3/3] inference per volume ({len(cases)} volumes, {n_slices} slices, sw_batch_size "
+    log(f"[3/4] inference per volume ({len(cases)} volumes, {n_slices} slices, sw_batch_size "
         f"{parser['sw_batch_size']}): full evaluator path and SliceInferer network-only, 2 vs 1 stream")
     stats, per_arm = measure_interleaved(arms, reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
     n = len(cases)
@@ -682,6 +721,8 @@ def _environment(cfg: SpeedConfig) -> dict:
         "cpus_available": affinity,
         "threads": cfg.threads,
         "memory_format": "channels_last (NHWC)" if cfg.channels_last else "NCHW",
+        "precision": f"{cfg.precision} -> {resolve_precision(cfg.precision, 'cpu')} "
+                     f"(native bf16 units: {'yes' if cpu_has_native_bf16() else 'no'})",
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
@@ -737,7 +778,7 @@ def format_report(result: dict) -> str:
         "",
         f"- Machine: {env['cpu']}, {env['logical_cpus']} logical CPUs ({env['cpus_available']} available), "
         f"torch.set_num_threads({env['threads']}); torch {env['torch']}, MONAI {env['monai']}, "
-        f"Python {env['python']}; {env['omp']}; allocator: {env['allocator']}; networks {env['memory_format']}.",
+        f"Python {env['python']}; {env['omp']}; allocator: {env['allocator']}; networks {env['memory_format']}; precision {env['precision']}.",
         f"- Date: {env['date']}; total wall time {result['total_s'] / 60:.1f} min; process CPU time "
         f"{result['rusage'].ru_utime / 60:.1f} min user + {result['rusage'].ru_stime / 60:.1f} min system "
         f"({result['rusage'].ru_minflt / 1e6:.1f} M minor page faults).",
@@ -806,6 +847,7 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
             "pretrain": lambda: _pretrain_comparison(cfg, slices, labels, log),
             "finetune": lambda: _finetune_comparison(cfg, slices, labels, log),
             "inference": lambda: _inference_comparison(cfg, volumes, workdir, log),
+            "precision": lambda: _precision_comparison(cfg, slices, labels, log),
         }
         for name in BENCHMARKS:
             if name not in cfg.benchmarks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import copy
 from collections.abc import Callable, Iterable, Sequence
 
@@ -13,7 +14,11 @@ from torch.optim.optimizer import Optimizer
 
 from ..handlers.checkpoint import unwrap
 from ..losses import DenseLocalContrastiveLoss
-from .utils import check_finite
+from ..utils.precision import autocast, resolve_precision
+from .utils import backward_and_step, check_finite
+
+
+logger = logging.getLogger(__name__)
 
 
 class PretrainTrainer(Trainer):
@@ -30,8 +35,11 @@ class PretrainTrainer(Trainer):
     and steps the optimizer. ``engine.state.output`` holds ``loss``, ``loss_dense``, ``loss_global``.
 
     Args:
-        device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers, amp:
+        device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers:
             as for ``monai.engines.SupervisedTrainer``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (:func:`~ideal_monai.utils.precision.resolve_precision`):
+            the forward pass runs under that autocast, the losses in float32; ``fp16`` steps
+            through ``engine.scaler`` (a ``GradScaler``). Replaces MONAI's ``amp`` flag.
         network: a :class:`~ideal_monai.networks.PretrainNetwork` (optionally DDP-wrapped).
         optimizer: optimizer over ``network``'s parameters.
         dense_loss: the dense loss (default ``DenseLocalContrastiveLoss(temperature=0.1)``).
@@ -60,8 +68,9 @@ class PretrainTrainer(Trainer):
         epoch_length: int | None = None,
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
+        precision: str = "fp32",
     ) -> None:
+        resolved = resolve_precision(precision, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -69,13 +78,15 @@ class PretrainTrainer(Trainer):
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             handlers=train_handlers,
-            amp=amp,
+            amp=resolved == "fp16",  # MONAI's Trainer.run then makes engine.scaler
             decollate=False,
         )
         if dense_weight > 0 and not unwrap(network).dense_heads:
             raise ValueError("dense_weight > 0 needs a network with dense heads")
         if global_weight > 0 and (global_loss is None or unwrap(network).global_head is None):
             raise ValueError("global_weight > 0 needs a global_loss and a network with global_head=True")
+        self.precision = resolved
+        logger.info("%s: precision %s (configured %r)", type(self).__name__, resolved, precision)
         self.network = network
         self.optimizer = optimizer
         self.dense_loss = dense_loss if dense_loss is not None else DenseLocalContrastiveLoss(temperature=0.1)
@@ -114,7 +125,7 @@ class PretrainTrainer(Trainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
 
-        with torch.autocast(device_type=torch.device(device).type, enabled=engine.amp):
+        with autocast(engine.precision, device):  # the networks' forward only
             if engine.key_network is None:
                 # One forward over both views: one BN batch, one pass through DDP.
                 out = engine.network(torch.cat([x_q, x_k], dim=0))
@@ -129,29 +140,30 @@ class PretrainTrainer(Trainer):
                     out_k = engine.key_network(x_k)
                 dense_q, dense_k = out_q["dense"], out_k["dense"]
                 glob_q, glob_k = out_q.get("global"), out_k.get("global")
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-            zero = x_q.sum() * 0.0
-            loss_dense = zero
-            if engine.dense_weight > 0:
-                strides = unwrap(engine.network).dense_strides()
-                terms = []
-                for q, k, s in zip(dense_q, dense_k, strides):
-                    m_qk = engine._match(batchdata, "qk", s, max(strides))
-                    m_kq = engine._match(batchdata, "kq", s, max(strides))
-                    terms.append(0.5 * (engine.dense_loss(q, k, m_qk) + engine.dense_loss(k, q, m_kq)))
-                loss_dense = torch.stack(terms).mean()
-            loss_global = zero
-            if engine.global_weight > 0:
-                loss_global = engine.global_loss(glob_q.float(), glob_k.float())
-            loss = engine.dense_weight * loss_dense + engine.global_weight * loss_global
+        # The losses run outside autocast on float32 features (the heads return float32 unit
+        # vectors): the dense loss's logits are GEMMs that autocast would otherwise take to 16 bits.
+        zero = x_q.sum() * 0.0
+        loss_dense = zero
+        if engine.dense_weight > 0:
+            strides = unwrap(engine.network).dense_strides()
+            terms = []
+            for q, k, s in zip(dense_q, dense_k, strides):
+                q, k = q.float(), k.float()
+                m_qk = engine._match(batchdata, "qk", s, max(strides))
+                m_kq = engine._match(batchdata, "kq", s, max(strides))
+                terms.append(0.5 * (engine.dense_loss(q, k, m_qk) + engine.dense_loss(k, q, m_kq)))
+            loss_dense = torch.stack(terms).mean()
+        loss_global = zero
+        if engine.global_weight > 0:
+            loss_global = engine.global_loss(glob_q.float(), glob_k.float())
+        loss = engine.dense_weight * loss_dense + engine.global_weight * loss_global
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         if check_finite(engine, loss):
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+            backward_and_step(engine, loss)
             if engine.key_network is not None:
                 engine._update_key_network()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -15,7 +16,11 @@ from torch.utils.data.distributed import DistributedSampler
 from ..handlers.checkpoint import unwrap
 from ..losses import BidirectionalConsistencyLoss
 from ..networks import split_streams
-from .utils import check_finite
+from ..utils.precision import autocast, resolve_precision
+from .utils import backward_and_step, check_finite
+
+
+logger = logging.getLogger(__name__)
 
 
 class TwoStreamTrainer(Trainer):
@@ -36,8 +41,11 @@ class TwoStreamTrainer(Trainer):
     ``loss_bcr``, ``lambda`` and ``pred`` (the first stream's logits on the labeled batch).
 
     Args:
-        device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers, amp:
+        device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers:
             as for ``monai.engines.SupervisedTrainer``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (:func:`~ideal_monai.utils.precision.resolve_precision`):
+            the forward pass runs under that autocast, the losses in float32; ``fp16`` steps
+            through ``engine.scaler`` (a ``GradScaler``). Replaces MONAI's ``amp`` flag.
         network: the (optionally DDP-wrapped) two-stream network.
         optimizer: its optimizer.
         unlabeled_data_loader: loader of unlabeled slice dicts (``"image"`` only), or None.
@@ -64,8 +72,9 @@ class TwoStreamTrainer(Trainer):
         epoch_length: int | None = None,
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
+        precision: str = "fp32",
     ) -> None:
+        resolved = resolve_precision(precision, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -73,9 +82,11 @@ class TwoStreamTrainer(Trainer):
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             handlers=train_handlers,
-            amp=amp,
+            amp=resolved == "fp16",  # MONAI's Trainer.run then makes engine.scaler
             decollate=False,
         )
+        self.precision = resolved
+        logger.info("%s: precision %s (configured %r)", type(self).__name__, resolved, precision)
         self.network = network
         self.optimizer = optimizer
         self.num_streams = int(getattr(unwrap(network), "num_streams", 1))
@@ -129,21 +140,21 @@ class TwoStreamTrainer(Trainer):
         engine.optimizer.zero_grad(set_to_none=True)
 
         lam = engine.current_lambda()
-        with torch.autocast(device_type=torch.device(device).type, enabled=engine.amp):
+        with autocast(engine.precision, device):  # the network's forward only
             logits = split_streams(engine.network(inputs), engine.num_streams)  # S x (B, C, H, W)
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            loss_sup = sum(0.5 * engine.supervised_loss(s[:n_l].float(), y_l) for s in logits)
-            loss_bcr = loss_sup * 0.0
-            if engine.num_streams > 1:
-                loss_bcr = engine.consistency_loss(logits[0].float(), logits[1].float())
-            loss = loss_sup + lam * loss_bcr
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        # Losses in float32, outside autocast (softmax, Dice sums and CE on 16-bit logits lose digits).
+        logits = [s.float() for s in logits]
+        loss_sup = sum(0.5 * engine.supervised_loss(s[:n_l], y_l) for s in logits)
+        loss_bcr = loss_sup * 0.0
+        if engine.num_streams > 1:
+            loss_bcr = engine.consistency_loss(logits[0], logits[1])
+        loss = loss_sup + lam * loss_bcr
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         if check_finite(engine, loss):
-            loss.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+            backward_and_step(engine, loss)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output = {
             Keys.LOSS: loss.detach(),

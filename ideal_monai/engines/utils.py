@@ -40,6 +40,27 @@ def check_finite(engine: Engine, loss: torch.Tensor) -> bool:
     raise FloatingPointError(f"{msg}; training stopped, the last checkpoint is kept (lower the learning rate, or set nonfinite='skip')")
 
 
+def backward_and_step(engine: Engine, loss: torch.Tensor) -> None:
+    """``loss.backward()`` then ``engine.optimizer.step()``, through ``engine.scaler`` when there is one.
+
+    MONAI's ``Trainer.run`` creates ``engine.scaler`` (a ``GradScaler``) when the trainer was built
+    with ``amp=True``, which the trainers here do for ``precision="fp16"`` only: float16 gradients
+    underflow without loss scaling, bfloat16 and float32 ones do not.
+    """
+    from monai.engines.utils import IterationEvents
+
+    scaler = getattr(engine, "scaler", None)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        scaler.step(engine.optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+    engine.optimizer.step()
+
+
 def loss_terms(output: dict) -> dict[str, float]:
     """The scalar loss terms of a trainer's ``engine.state.output`` (for Stats/TensorBoard handlers)."""
     return {k: float(v) for k, v in output.items() if k.startswith("loss") or k == "lambda"}

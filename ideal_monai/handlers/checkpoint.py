@@ -66,22 +66,37 @@ class ModelSaver:
     Args:
         save_dir: output folder (created).
         network: the module to save.
-        filename: file name inside ``save_dir`` (e.g. ``model.pt``).
-        when: ``"completed"`` (end of run), ``"epoch"`` (every epoch end, also the end of run), or
+        filename: file name inside ``save_dir`` (e.g. ``model.pt``); ``{iteration}`` in it is replaced
+            by the trainer's iteration (e.g. ``model_iter{iteration:06d}.pt`` for snapshots).
+        when: ``"completed"`` (end of run), ``"epoch"`` (every epoch end, also the end of run),
+            ``"iterations"`` (every ``every`` iterations: snapshots for convergence curves), or
             ``"best"`` (attach to an evaluator: saves when its key metric improved this epoch).
+        every: the iteration interval of ``when="iterations"``.
     """
 
     def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt",
-                 when: str = "completed"):
-        if when not in ("completed", "epoch", "best"):
-            raise ValueError(f"when must be 'completed', 'epoch' or 'best', got {when!r}")
-        self.path = Path(save_dir) / filename
+                 when: str = "completed", every: int = 0):
+        if when not in ("completed", "epoch", "iterations", "best"):
+            raise ValueError(f"when must be 'completed', 'epoch', 'iterations' or 'best', got {when!r}")
+        if when == "iterations" and not int(every) > 0:
+            raise ValueError(f"when='iterations' needs every > 0, got {every!r}")
+        self.save_dir = Path(save_dir)
+        self.filename = filename
         self.network = network
         self.when = when
+        self.every = int(every)
+
+    @property
+    def path(self) -> Path:
+        """The file of an unnumbered save (``{iteration}`` not in ``filename``)."""
+        return self.save_dir / self.filename
 
     def attach(self, engine: Engine) -> None:
         if self.when == "best":
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
+            return
+        if self.when == "iterations":
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.save)
             return
         if self.when == "epoch":
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
@@ -95,8 +110,10 @@ class ModelSaver:
         if not _is_rank0():
             return
         state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
-        atomic_save_torch(state, self.path)
-        logger.info("saved %s", self.path)
+        iteration = engine.state.iteration if engine is not None else 0
+        path = self.save_dir / self.filename.format(iteration=iteration)
+        atomic_save_torch(state, path)
+        logger.info("saved %s", path)
 
 
 class TrainingCheckpoint:

@@ -201,7 +201,8 @@ class DualDecoderUNet(nn.Module):
         Returns:
             training: concatenated stream logits ``(B, S*out_channels, *spatial)``, stream 1 first,
             each stream's decoder seeing its own perturbation of the shared skip features.
-            eval: log-probabilities ``(B, out_channels, *spatial)`` of the ensemble (or of ``eval_stream``).
+            eval: float32 log-probabilities ``(B, out_channels, *spatial)`` of the ensemble (or of
+            ``eval_stream``), also under autocast.
         """
         skips = self.encoder(x)
         if self.training:
@@ -209,8 +210,9 @@ class DualDecoderUNet(nn.Module):
             return torch.cat(logits, dim=1)
         stream = self.eval_stream
         if stream is not None:
-            return torch.log_softmax(self._stream_logits(skips, stream, False), dim=1)
-        log_probs = [torch.log_softmax(self._stream_logits(skips, s, False), dim=1)
+            return torch.log_softmax(self._stream_logits(skips, stream, False).float(), dim=1)
+        # float32 log-probabilities even under autocast: inference buffers and argmax stay exact.
+        log_probs = [torch.log_softmax(self._stream_logits(skips, s, False).float(), dim=1)
                      for s in range(1, self.num_streams + 1)]
         # log(mean_s p_s) = logsumexp_s(log p_s) - log S: no exp/log round trip, no log(0).
         return torch.logsumexp(torch.stack(log_probs, dim=0), dim=0) - self._log_num_streams

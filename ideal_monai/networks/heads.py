@@ -55,8 +55,11 @@ class DenseProjectionHead(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, in_channels, *spatial)`` -> unit vectors ``(B, out_channels, *spatial)``."""
-        return F.normalize(self.proj(x), dim=1)
+        """``(B, in_channels, *spatial)`` -> float32 unit vectors ``(B, out_channels, *spatial)``.
+
+        Normalised in float32 even under autocast: the contrastive loss divides their dot products
+        by a temperature of 0.1, which would magnify bfloat16's rounding of the norm tenfold."""
+        return F.normalize(self.proj(x).float(), dim=1)
 
 
 class GlobalProjectionHead(nn.Module):
@@ -90,4 +93,4 @@ class GlobalProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, *spatial)`` -> unit vectors ``(B, out_channels)``."""
         pooled = x.flatten(2).mean(dim=2)
-        return F.normalize(self.mlp(pooled), dim=1)
+        return F.normalize(self.mlp(pooled).float(), dim=1)

@@ -1,0 +1,334 @@
+"""Convergence curves on ACDC: validation DSC against iterations and CPU minutes, per arm and labeled count.
+
+Where :mod:`ideal_monai.benchmarks.acdc` gives every arm the same *wall-clock* budget, this gives every
+arm the same *iteration count*, long enough to see where each arm's curve ends (the plateau), and
+snapshots the weights every ``eval_every`` iterations. Everything is resumable at every level, so a
+study that takes many hours runs in pieces (rerun the same command; nothing finished is redone):
+
+1. **pretrain** (IDEAL arms): one encoder per pre-training length, ``pretrain_<N>/`` (``N`` iterations).
+2. **finetune** per arm and labeled count into ``<arm>_labeled<n>/``, in chunks of ``eval_every``
+   iterations: each chunk is the bundle's ``finetune`` with ``resume=True`` (it continues from the
+   last epoch checkpoint) and handlers appended through an extra config file:
+   :class:`~ideal_monai.handlers.ModelSaver` snapshots of the network (``models/model_iter<i>.pt``)
+   and of its EMA (``models/model_ema_iter<i>.pt``), and a
+   :class:`~ideal_monai.handlers.training_clock.TrainingClock` (cumulative training seconds).
+3. **evaluate** each snapshot as soon as its chunk ends, on the validation patients (the bundle's
+   ``inference`` and :func:`~ideal_monai.evaluation.evaluate_folders`), into ``<run>/curve/<kind>_<i>.json``.
+4. ``results.json``, ``results.md`` and the figure ``convergence.png`` from whatever is finished.
+
+Arms are those of :data:`~ideal_monai.benchmarks.acdc.ARMS`; the IDEAL arm is run once per
+pre-training length (``ideal`` for the first, ``ideal_pre<N>`` for the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bundle_runner import run_bundle
+from ..errors import IdealInputError
+from .acdc import (ARMS, CPU_PROFILE, AcdcBenchmarkConfig, Profile, _finetune_overrides, _jsonable, _metrics_row,
+                   _network_overrides, _read_json, _write_json, prepare_eval_sets)
+
+__all__ = ["ConvergenceConfig", "run_convergence", "plot_convergence", "format_convergence"]
+
+#: Snapshot kinds: the trained weights and their exponential moving average.
+KINDS = {"final": "model_iter{iteration:06d}.pt", "ema": "model_ema_iter{iteration:06d}.pt"}
+
+
+
+@dataclasses.dataclass
+class ConvergenceConfig:
+    """Settings of one convergence study (see the module docstring)."""
+
+    output_dir: Path = Path("benchmark_convergence")
+    data_dir: Path | None = None
+    splits_file: Path | None = None
+    profile: Profile = dataclasses.field(default_factory=lambda: CPU_PROFILE)
+    arms: Sequence[str] = tuple(ARMS)
+    labeled: Sequence[int] = (3, 7)
+    iterations: int = 6000
+    eval_every: int = 500
+    pretrain_iterations: Sequence[int] = (1500,)
+    #: iterations per epoch: checkpoints (what a resumed piece restarts from) and the clock are per epoch
+    epoch_length: int = 50
+
+    def __post_init__(self):
+        for name in ("iterations", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % self.epoch_length:
+                raise IdealInputError(name, f"must be a positive multiple of {self.epoch_length}, got {value!r}")
+        if self.iterations % self.eval_every:
+            raise IdealInputError("eval_every", f"must divide iterations ({self.iterations}), got {self.eval_every}")
+        if not self.pretrain_iterations or any(int(n) < 1 or int(n) % self.epoch_length
+                                               for n in self.pretrain_iterations):
+            raise IdealInputError("pretrain_iterations",
+                                  f"need positive multiples of {self.epoch_length}, got {self.pretrain_iterations!r}")
+        kwargs = {"output_dir": self.output_dir, "profile": self.profile, "arms": self.arms, "labeled": self.labeled,
+                  "splits_file": self.splits_file}
+        if self.data_dir is not None:
+            kwargs["data_dir"] = self.data_dir
+        self.acdc = AcdcBenchmarkConfig(**kwargs)  # validates arms, labeled counts, data and splits
+        self.output_dir, self.data_dir, self.splits_file = self.acdc.output_dir, self.acdc.data_dir, self.acdc.splits_file
+        self.arms, self.labeled = self.acdc.arms, self.acdc.labeled
+        self.pretrain_iterations = tuple(dict.fromkeys(int(n) for n in self.pretrain_iterations))
+
+    def runs(self) -> list[tuple[str, str, int | None]]:
+        """``(run name, arm name, pre-training iterations or None)`` in the order they are trained."""
+        out = []
+        for arm in self.arms:
+            if ARMS[arm].pretrained:
+                for k, n in enumerate(self.pretrain_iterations):
+                    out.append((arm if k == 0 else f"{arm}_pre{n}", arm, n))
+            else:
+                out.append((arm, arm, None))
+        return out
+
+
+def _clock(t0: float):
+    def log(message: str) -> None:
+        print(f"[convergence {(time.perf_counter() - t0) / 60:6.1f} min] {message}", flush=True)
+    return log
+
+
+def _extra_config(root: Path, handlers_key: str, handlers: list[dict]) -> Path:
+    path = root / "convergence_handlers.json"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({f"+{handlers_key}": handlers}, indent=1) + "\n")
+    return path
+
+
+def _prepare_root(root: Path, stage: str, overrides: dict) -> None:
+    """Create ``root`` for a run with ``overrides``; an existing run with other settings is deleted.
+
+    Changed settings must never continue an old run (``train_settings.json`` records them).
+    """
+    settings = _jsonable({"stage": stage, "overrides": overrides})
+    settings_path = root / "train_settings.json"
+    if _read_json(settings_path) != settings:
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        _write_json(settings_path, settings)
+
+
+def _trained_iterations(root: Path) -> int:
+    """Iterations finished (and checkpointed) so far, from the run's :class:`TrainingClock` log."""
+    return int((_read_json(root / "training_clock.json") or {}).get("iteration") or 0)
+
+
+def _ema_handler_index() -> int:
+    """Position of :class:`~ideal_monai.handlers.WeightEMA` in ``train.json``'s ``train#handlers``."""
+    from ..bundle_runner import config_path
+
+    handlers = json.loads(config_path("finetune").read_text())["train"]["handlers"]
+    for i, h in enumerate(handlers):
+        if isinstance(h, dict) and h.get("_target_") == "ideal_monai.handlers.WeightEMA":
+            return i
+    raise IdealInputError(config_path("finetune"), "has no ideal_monai.handlers.WeightEMA in train#handlers")
+
+
+def _clock_handler(root: Path) -> dict:
+    return {"_target_": "ideal_monai.handlers.training_clock.TrainingClock", "log_path": str(root / "training_clock.json")}
+
+
+def pretrain(cfg: ConvergenceConfig, iterations: int, log) -> Path:
+    """The encoder pre-trained for ``iterations`` iterations (``pretrain_<N>/models/pretrained_encoder.pt``)."""
+    root = cfg.output_dir / f"pretrain_{iterations}"
+    overrides = {**cfg.profile.stage("pretrain"), "dataset_dir": str(cfg.data_dir), "splits_file": str(cfg.splits_file),
+                 "max_epochs": iterations // cfg.epoch_length, "iterations_per_epoch": cfg.epoch_length}
+    _prepare_root(root, "pretrain", overrides)
+    if _trained_iterations(root) < iterations:
+        log(f"pretrain {iterations} iterations into {root.name} (resumes from its checkpoint)")
+        extra = _extra_config(root, "pretraining#handlers", [_clock_handler(root)])
+        run_bundle("pretrain", extra_configs=[extra], bundle_root=str(root), resume=True, **overrides)
+    clock = _read_json(root / "training_clock.json") or {}
+    log(f"pretrain {iterations}: {clock.get('iteration')} iterations in {clock.get('seconds', float('nan')) / 60:.1f} min")
+    return root / "models" / "pretrained_encoder.pt"
+
+
+def finetune(cfg: ConvergenceConfig, name: str, arm: str, labeled: int, encoder: Path | None, eval_dir: Path,
+             log) -> tuple[Path, list[dict]]:
+    """Fine-tune one arm for ``cfg.iterations`` iterations in chunks of ``eval_every``; evaluate each snapshot.
+
+    Every chunk is one ``finetune`` call that resumes the run's checkpoint and stops at the next
+    snapshot (``max_epochs`` of the chunk; ``train#total_iterations`` keeps the learning-rate decay and
+    the consistency ramp-up on the whole run's schedule), then that snapshot is evaluated. So
+    results land while the study runs, and an interruption loses at most one epoch.
+    Returns the run folder and its curve points.
+    """
+    root = cfg.output_dir / f"{name}_labeled{labeled}"
+    overrides = {**_finetune_overrides(cfg.acdc, ARMS[arm], labeled), "max_epochs": cfg.iterations // cfg.epoch_length,
+                 "iterations_per_epoch": cfg.epoch_length, "train#total_iterations": cfg.iterations}
+    if encoder is not None:
+        overrides["pretrained_path"] = str(encoder)
+    network = _network_overrides(_finetune_overrides(cfg.acdc, ARMS[arm], labeled))
+    _prepare_root(root, "finetune", overrides)
+    savers = [{"_target_": "ideal_monai.handlers.ModelSaver", "save_dir": "@ckpt_dir", "network": net,
+               "filename": KINDS[kind], "when": "iterations", "every": cfg.eval_every}
+              for kind, net in (("final", "@network"), ("ema", f"$@train#handlers#{_ema_handler_index()}.averaged_network"))]
+    extra = _extra_config(root, "train#handlers", [*savers, _clock_handler(root)])
+    points = []
+    for end in range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every):
+        if _trained_iterations(root) < end:
+            log(f"finetune {root.name}: iterations {_trained_iterations(root)} -> {end} of {cfg.iterations}")
+            run_bundle("finetune", extra_configs=[extra], bundle_root=str(root), resume=True,
+                       **{**overrides, "max_epochs": end // cfg.epoch_length})
+        points += evaluate_snapshot(cfg, root, end, network, eval_dir, log)
+    return root, points
+
+
+def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, network_overrides: dict, eval_dir: Path,
+                      log) -> list[dict]:
+    """The curve points (one per kind) of the snapshot at ``iteration``, evaluated unless already done."""
+    from ..evaluation import evaluate_folders
+
+    clock = _read_json(root / "training_clock.json") or {"history": []}
+    seconds_at = {int(i): float(s) for i, s in clock["history"]}
+    curve_dir = root / "curve"
+    curve_dir.mkdir(exist_ok=True)
+    points = []
+    for kind, pattern in KINDS.items():
+        out = curve_dir / f"{kind}_{iteration:06d}.json"
+        point = _read_json(out)
+        weights = root / "models" / pattern.format(iteration=iteration)
+        if point is None:
+            if not weights.is_file():
+                raise IdealInputError(weights, "snapshot missing: the run finished without writing it")
+            pred_dir = root / "curve_predictions"
+            shutil.rmtree(pred_dir, ignore_errors=True)
+            run_bundle("inference", bundle_root=str(root), dataset_dir=str(eval_dir), output_dir=str(pred_dir),
+                       overwrite=True, model_path=str(weights), **network_overrides, **cfg.profile.inference)
+            summary = evaluate_folders(pred_dir, eval_dir, root / "curve_report", max_overlays=0)
+            shutil.rmtree(pred_dir, ignore_errors=True)
+            point = {"kind": kind, "iteration": iteration, "train_seconds": seconds_at.get(iteration),
+                     **_metrics_row(summary)}
+            _write_json(out, point)
+            log(f"{root.name} {kind} @ {iteration}: mean DSC {point['dsc']:.3f}")
+        points.append(point)
+    return points
+
+
+def run_convergence(cfg: ConvergenceConfig, command: str | None = None) -> dict:
+    """Train, snapshot and evaluate every run of ``cfg``; write ``results.json``/``.md`` and the figure."""
+    t0 = time.perf_counter()
+    log = _clock(t0)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir = prepare_eval_sets(cfg.acdc, log)["val"]
+    encoders: dict[int, Path] = {}
+    results: dict[str, Any] = {"command": command, "profile": dataclasses.asdict(cfg.profile),
+                               "iterations": cfg.iterations, "eval_every": cfg.eval_every,
+                               "pretrain": {}, "runs": []}
+    for labeled in cfg.labeled:
+        for name, arm, pre_iterations in cfg.runs():
+            encoder = None
+            if pre_iterations is not None:
+                if pre_iterations not in encoders:
+                    encoders[pre_iterations] = pretrain(cfg, pre_iterations, log)
+                    results["pretrain"][pre_iterations] = _read_json(
+                        cfg.output_dir / f"pretrain_{pre_iterations}" / "training_clock.json")
+                encoder = encoders[pre_iterations]
+            root, points = finetune(cfg, name, arm, labeled, encoder, eval_dir, log)
+            results["runs"].append({"name": name, "arm": arm, "title": ARMS[arm].title, "labeled": labeled,
+                                    "pretrain_iterations": pre_iterations, "points": points})
+            write_results(cfg.output_dir, results)
+    log(f"done: {cfg.output_dir / 'results.md'}")
+    return results
+
+
+def write_results(output_dir: Path, results: dict) -> None:
+    from ..utils.atomic import atomic_write_text
+
+    _write_json(output_dir / "results.json", results)
+    atomic_write_text(format_convergence(results), output_dir / "results.md")
+    plot_convergence(results, output_dir / "convergence.png")
+
+
+def _label(run: dict) -> str:
+    pre = run.get("pretrain_iterations")
+    return run["title"] + (f" (pre-trained {pre} it.)" if pre else "")
+
+
+def format_convergence(results: dict) -> str:
+    """Markdown: per labeled count, validation mean DSC at every snapshot (final / EMA), then the last point in full."""
+    lines = ["# ACDC convergence curves", ""]
+    if results.get("command"):
+        lines += [f"- command: `{results['command']}`"]
+    lines += [f"- {results['iterations']} fine-tuning iterations per run, snapshots every {results['eval_every']}",
+              f"- finetune overrides: `{json.dumps(results['profile']['finetune'])}`", ""]
+    for labeled in sorted({r["labeled"] for r in results["runs"]}):
+        runs = [r for r in results["runs"] if r["labeled"] == labeled]
+        iters = sorted({p["iteration"] for r in runs for p in r["points"]})
+        lines += [f"## {labeled} labeled: validation mean DSC (final weights / EMA)", "",
+                  "| iteration | " + " | ".join(_label(r) for r in runs) + " |",
+                  "|---:|" + "---:|" * len(runs)]
+        for it in iters:
+            cells = []
+            for r in runs:
+                by_kind = {p["kind"]: p for p in r["points"] if p["iteration"] == it}
+                cells.append(" / ".join(_fmt(by_kind.get(k, {}).get("dsc")) for k in KINDS))
+            lines.append(f"| {it} | " + " | ".join(cells) + " |")
+        lines += ["", "| run (last snapshot) | weights | iteration | train min | RV | MYO | LV | mean DSC | HD95 | ASD | failures |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in runs:
+            for kind in KINDS:
+                pts = [p for p in r["points"] if p["kind"] == kind]
+                if pts:
+                    p = max(pts, key=lambda q: q["iteration"])
+                    minutes = None if p.get("train_seconds") is None else p["train_seconds"] / 60
+                    lines.append(f"| {_label(r)} | {kind} | {p['iteration']} | {_fmt(minutes, 1)} | {_fmt(p.get('RV'))} "
+                                 f"| {_fmt(p.get('MYO'))} | {_fmt(p.get('LV'))} | {_fmt(p['dsc'])} | {_fmt(p['hd95'], 2)} "
+                                 f"| {_fmt(p['asd'], 2)} | {p['failures']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def plot_convergence(results: dict, path: Path) -> None:
+    """One column per labeled count; top row DSC vs iterations, bottom row vs training minutes.
+
+    Solid lines: the trained weights; dashed: their EMA. Written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils.atomic import atomic_path
+
+    counts = sorted({r["labeled"] for r in results["runs"]}) or [0]
+    fig, axes = plt.subplots(2, len(counts), figsize=(6 * len(counts), 8), squeeze=False)
+    colours = {}
+    for col, labeled in enumerate(counts):
+        for r in (r for r in results["runs"] if r["labeled"] == labeled):
+            colour = colours.setdefault(r["name"], f"C{len(colours)}")
+            for kind, style in (("final", "-"), ("ema", "--")):
+                pts = sorted((p for p in r["points"] if p["kind"] == kind), key=lambda p: p["iteration"])
+                if not pts:
+                    continue
+                label = f"{_label(r)}{' EMA' if kind == 'ema' else ''}"
+                axes[0, col].plot([p["iteration"] for p in pts], [p["dsc"] for p in pts], style, color=colour,
+                                  marker="o", ms=3, label=label)
+                timed = [p for p in pts if p.get("train_seconds") is not None]
+                axes[1, col].plot([p["train_seconds"] / 60 for p in timed], [p["dsc"] for p in timed], style,
+                                  color=colour, marker="o", ms=3, label=label)
+        axes[0, col].set(title=f"{labeled} labeled patients", xlabel="fine-tuning iterations",
+                         ylabel="validation mean DSC")
+        axes[1, col].set(xlabel="fine-tuning CPU minutes", ylabel="validation mean DSC")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+            ax.set_ylim(0, 1)
+        axes[0, col].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
