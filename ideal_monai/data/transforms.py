@@ -23,8 +23,11 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     MapTransform,
+    RandAdjustContrastd,
     RandAffined,
     RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
     Spacingd,
@@ -128,8 +131,9 @@ def slice_augmentation(
     rotate_deg: float = 20.0,
     scale: float = 0.15,
     translate_px: float = 0.0,
+    intensity: float = 0.0,
 ) -> Compose:
-    """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation, scaling and translation.
+    """Weak 2D augmentation for ``(1, H, W)`` slices: flips, rotation, scaling, translation, intensity.
 
     Args:
         keys: image key first, then label keys (nearest-neighbour resampling).
@@ -139,6 +143,11 @@ def slice_augmentation(
         translate_px: translation range, +- pixels per axis. The training configs use 10 % of the
             patch: preprocessing centre-crops, so without it the network only sees hearts where the
             few labeled patients have them and can miss an off-centre heart entirely.
+        intensity: strength ``s`` of the image-only intensity augmentation (0 = off): with probability
+            ``prob`` each, a gamma in ``[1 - s, 1 + s]`` (``RandAdjustContrastd``), a contrast factor
+            ``1 + U(-s, s)`` and a brightness shift ``U(-s/2, s/2)``. Images are 0..1 after the
+            percentile scaling, so ``s = 0.3`` spans scanners' contrast differences without clipping
+            the heart away.
 
     Labels are resampled with nearest neighbour and returned as uint8, like unaugmented slices
     (``RandAffined`` outputs float32, which would mix dtypes within a batch).
@@ -151,6 +160,15 @@ def slice_augmentation(
         RandAffined(keys, prob=prob, rotate_range=(float(np.deg2rad(rotate_deg)),), scale_range=(scale, scale),
                     translate_range=(float(translate_px), float(translate_px)), mode=modes, padding_mode="zeros", allow_missing_keys=True),
     ]
+    if intensity < 0:
+        raise ValueError(f"intensity must be >= 0, got {intensity}")
+    if intensity > 0:
+        image = keys[:1]
+        transforms += [
+            RandAdjustContrastd(image, prob=prob, gamma=(max(1.0 - intensity, 0.05), 1.0 + intensity)),
+            RandScaleIntensityd(image, factors=intensity, prob=prob),
+            RandShiftIntensityd(image, offsets=intensity / 2, prob=prob),
+        ]
     if len(keys) > 1:
         transforms.append(CastToTyped(keys[1:], dtype=np.uint8, allow_missing_keys=True))
     return Compose(transforms)

@@ -21,7 +21,7 @@ fine-tuning step from 1.75x to 1.43x a supervised step but validated lower on ph
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,30 @@ from monai.networks.nets.basic_unet import UpCat
 from .encoder import DEFAULT_ACT, DEFAULT_FEATURES, DEFAULT_NORM
 
 __all__ = ["UNetDecoder", "UPSAMPLE_MODES"]
+
+
+class _UpCat(UpCat):
+    """MONAI's ``UpCat`` that pads the upsampled features only when their size differs from the skip's.
+
+    ``UpCat`` always calls ``F.pad(x, sp, "replicate")``, a copy even when ``sp`` is all zeros (patches
+    are multiples of 16, so it always is here). Under CPU bfloat16 autocast that copy is made in
+    float32 (replication padding is on autocast's float32 list), which then promotes the
+    concatenation and the next convolution's input to float32 and back: at 256x256 this cost 20 % of
+    a two-stream bf16 training step (docs/BENCHMARKS.md, "Precision"). Same parameters, same results.
+    """
+
+    def forward(self, x: torch.Tensor, x_e: Optional[torch.Tensor]):
+        x_0 = self.upsample(x)
+        if x_e is not None:
+            if x_e.shape[2:] != x_0.shape[2:]:  # odd edge lengths after 2x max-pooling
+                dimensions = len(x.shape) - 2
+                sp = [0] * (dimensions * 2)
+                for i in range(dimensions):
+                    if x_e.shape[-i - 1] != x_0.shape[-i - 1]:
+                        sp[i * 2 + 1] = 1
+                x_0 = torch.nn.functional.pad(x_0, sp, "replicate")
+            return self.convs(torch.cat([x_e, x_0], dim=1))
+        return self.convs(x_0)
 
 #: Upsampling modes of MONAI's ``UpSample`` that this decoder supports.
 UPSAMPLE_MODES = ("deconv", "nontrainable", "pixelshuffle")
@@ -89,7 +113,7 @@ class UNetDecoder(nn.Module):
         in_chns = [features[-1]] + [widths[i] for i in range(len(features) - 2, 0, -1)]
         self.ups = nn.ModuleList(
             [
-                UpCat(spatial_dims, in_chns[k], features[i - 1], widths[i - 1], act, norm, bias, dropout,
+                _UpCat(spatial_dims, in_chns[k], features[i - 1], widths[i - 1], act, norm, bias, dropout,
                       upsample=upsample, interp_mode=interp_mode, align_corners=align_corners)
                 for k, i in enumerate(range(len(features) - 1, 0, -1))
             ]

@@ -230,3 +230,17 @@ def test_slice_augmentation_prob_zero_is_identity():
         np.testing.assert_array_equal(np.asarray(out["label"]), x["label"].numpy())
     finally:
         set_determinism(None)
+
+
+def test_intensity_augmentation_changes_the_image_only():
+    x = _slice_pair()
+    aug = slice_augmentation(prob=1.0, rotate_deg=0.0, scale=0.0, intensity=0.3)
+    aug.set_random_state(seed=1)
+    out = dict(x)
+    for t in aug.transforms[3:6]:  # gamma, contrast, brightness (the flips and affine move label and image alike)
+        out = t(out)
+    image = np.asarray(out["image"])
+    assert not np.allclose(image, x["image"].numpy())  # gamma, contrast and brightness were applied
+    assert np.corrcoef(image.ravel(), x["image"].numpy().ravel())[0, 1] > 0.9  # same content
+    np.testing.assert_array_equal(np.asarray(out["label"]), x["label"].numpy())
+    assert len(slice_augmentation(intensity=0.0).transforms) == len(aug.transforms) - 3  # off by default
