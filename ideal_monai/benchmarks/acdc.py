@@ -486,14 +486,19 @@ def _link_cases(cases: Sequence[dict], folder: Path) -> Path:
     """Flat folder ``<case>.<ext>`` + ``<case>_gt.<ext>`` linking to the cases' image and label files."""
     from ..data.io import strip_image_suffix
 
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    wanted = {}
     for case in cases:
         for key, postfix in (("image", ""), ("label", "_gt")):
             src = Path(case[key]).resolve()
-            ext = src.name[len(strip_image_suffix(src)):]
-            _link(src, folder / f"{case['case_id']}{postfix}{ext}")
+            wanted[f"{case['case_id']}{postfix}{src.name[len(strip_image_suffix(src)):]}"] = src
+    # An identical folder is kept as it is: another benchmark process may be reading it right now.
+    if folder.is_dir() and {p.name: p.resolve() for p in folder.iterdir()} == wanted:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name, src in wanted.items():
+        _link(src, folder / name)
     return folder
 
 
