@@ -82,6 +82,24 @@ class LoadCased(MapTransform):
         return d
 
 
+class InPlaneSpacingd(Spacingd):
+    """MONAI's ``Spacingd`` that leaves unrelated ``<key>_*`` entries of the data dict alone.
+
+    After resampling, ``Spacingd`` calls ``d[k].update(meta)`` on *every* key that starts with
+    ``"<key>_"``, taking them for meta dicts. MONAI Label's inference request carries
+    ``image_path`` (a string), so with ``target_spacing`` set every ``POST /infer`` failed with
+    ``AttributeError: 'str' object has no attribute 'update'`` (issue #14). Entries that are not
+    dicts are held out of the call and put back; meta dicts are updated as before.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        held = {k: v for k, v in data.items()
+                if isinstance(k, str) and not isinstance(v, dict) and any(k.startswith(f"{key}_") for key in self.keys)}
+        out = super().__call__({k: v for k, v in data.items() if k not in held}, lazy=lazy)
+        out.update(held)
+        return out
+
+
 def volume_preprocessing(
     keys: Sequence[str] = ("image", "label"),
     patch_size: Sequence[int] = (256, 256),
@@ -114,7 +132,7 @@ def volume_preprocessing(
     )
     if target_spacing is not None:
         transforms.append(
-            Spacingd(keys, pixdim=(float(target_spacing[0]), float(target_spacing[1]), -1.0),
+            InPlaneSpacingd(keys, pixdim=(float(target_spacing[0]), float(target_spacing[1]), -1.0),
                      mode=["bilinear"] + ["nearest"] * len(label_keys), allow_missing_keys=True)
         )
         if label_keys:  # Spacingd returns float32; nearest-neighbour values are exact class ids

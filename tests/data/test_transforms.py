@@ -161,6 +161,20 @@ def test_image_only_pipeline_inverts_a_prediction(tmp_path):
     np.testing.assert_allclose(np.asarray(back.affine), affine, atol=1e-5)
 
 
+def test_resampling_keeps_string_entries_like_monailabels_image_path(tmp_path):
+    """MONAI Label's request dict carries ``image_path`` (a string); with a target spacing, MONAI's
+    ``Spacingd`` called ``.update`` on it (HTTP 500 on every ``/infer``). It must pass through."""
+    affine = oblique_affine()
+    case, _, _ = write_pair(tmp_path, (37, 51, 7), affine)
+    pre = volume_preprocessing(keys=["image"], patch_size=(64, 64), target_spacing=(2.0, 2.0))
+    out = pre({"image": case["image"], "image_path": case["image"], "image_id": 7})
+    assert out["image_path"] == case["image"] and out["image_id"] == 7
+    assert out["image"].shape == (1, 64, 64, 7)
+    out["pred"] = (out["image"] > 0.5).to(torch.uint8)
+    back = Invertd(keys="pred", transform=pre, orig_keys="image", nearest_interp=True)(out)["pred"]
+    assert back.shape == (1, 37, 51, 7)  # still invertible
+
+
 # ---------------------------------------------------------------------------------------------
 # 2D augmentation
 
