@@ -1,0 +1,10 @@
+"""Cardiac function from segmentations: volumes, ED/ES, SV, EF, myocardial mass, quality flags, agreement."""
+
+from .agreement import agreement, agreement_table, plot_agreement
+from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
+                      find_ed_es, volume_curves, volume_unit)
+from .qc import quality_flags
+
+__all__ = ["ACDC_CLASSES", "INDEX_NAMES", "MYOCARDIAL_DENSITY", "VolumeUnit", "agreement", "agreement_table",
+           "cardiac_indices", "class_volumes", "find_ed_es", "plot_agreement", "quality_flags", "volume_curves",
+           "volume_unit"]
