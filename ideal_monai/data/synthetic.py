@@ -72,6 +72,11 @@ class SyntheticCase:
         spacing: ``(sx, sy, sz)`` in mm.
         cine: int16 ``(H, W, Z, T)`` ED -> ES -> ED, or ``None``. Frame 0 is ``ed_image`` and, for
             even ``T``, frame ``T // 2`` is ``es_image``.
+        cine_label: uint8 ``(H, W, Z, T)`` labels of the cine frames, or ``None``.
+        volumes: the generator's analytic (continuous, not voxel-counted) class volumes in mL,
+            ``{"RV"|"MYO"|"LV": (T,) array}`` over the cine frames, or ``(2,)`` ``[ED, ES]`` without
+            a cine. Per slice: the area of the continuous outline times the slice spacing, the same
+            convention the voxel-counted volume approximates. The myocardium's is constant in time.
     """
 
     ed_image: np.ndarray
@@ -80,6 +85,8 @@ class SyntheticCase:
     es_label: np.ndarray
     spacing: tuple[float, float, float]
     cine: np.ndarray | None = None
+    cine_label: np.ndarray | None = None
+    volumes: dict | None = None
 
     @property
     def affine(self) -> np.ndarray:
@@ -359,6 +366,41 @@ def _paint_heart(p: _Params, f: _Frame, background: np.ndarray, phase: float) ->
     return tissue, label, trabecular
 
 
+def _analytic_volumes(p: _Params, phase: float, num_angles: int = 8192) -> dict[str, float]:
+    """Class volumes (mL) of the continuous heart :func:`_paint_heart` rasterises at ``phase``.
+
+    Each slice's cavity and myocardium are star-shaped in polar coordinates about the LV centre
+    (radius ``r(s) * shape(phi)``), so their areas are ``1/2 r^2 * integral of shape^2``; the RV
+    crescent's is ``1/2 integral of ((epi + w bump)^2 - epi^2)`` over its angles. Both integrals are
+    taken with the midpoint rule over ``num_angles`` angles (exact for the trigonometric shape, and
+    far below voxel-size error for the crescent). Volume = sum of slice areas x slice spacing.
+    """
+    z = p.shape[2]
+    s = np.arange(z, dtype=np.float64) / max(z - 1, 1)
+    phi = (np.arange(num_angles) + 0.5) * (2 * math.pi / num_angles) - math.pi
+    dphi_step = 2 * math.pi / num_angles
+    shape = _shape_factor(phi, p.shape_terms)
+    r_ed = p.r_cavity * np.sqrt(1.0 - (1.0 - p.apex_fraction**2) * s**2)
+    t_ed = p.wall * (1.0 - 0.2 * s)
+    r_cav = r_ed * (1.0 - phase * (1.0 - p.es_fraction))
+    r_epi = np.sqrt(r_cav**2 + (r_ed + t_ed) ** 2 - r_ed**2)
+    shape_sq = float(np.sum(shape**2) * dphi_step)
+    lv = 0.5 * r_cav**2 * shape_sq
+    myo = 0.5 * (r_epi**2 - r_cav**2) * shape_sq
+    fade = np.clip(1.0 - (s / p.rv_end) ** 2, 0.0, None)
+    width = p.rv_width * fade * (1.0 - phase * (1.0 - p.rv_es_fraction))
+    half_wrap = p.rv_half_wrap * (0.6 + 0.4 * fade)
+    dphi = _wrap_angle(phi - p.rv_angle)
+    rv = np.empty(z)
+    for k in range(z):
+        inside = np.abs(dphi) < half_wrap[k]
+        epi = r_epi[k] * shape[inside]
+        outer = epi + width[k] * _rv_bump(dphi[inside], half_wrap[k])
+        rv[k] = 0.5 * float(np.sum(outer**2 - epi**2)) * dphi_step
+    mm3_to_ml = p.spacing[2] / 1000.0  # slice area (mm^2) x slice spacing (mm)
+    return {"RV": float(rv.sum() * mm3_to_ml), "MYO": float(myo.sum() * mm3_to_ml), "LV": float(lv.sum() * mm3_to_ml)}
+
+
 def _disk(radius: int) -> np.ndarray:
     g = np.arange(-radius, radius + 1)
     return (g[:, None] ** 2 + g[None, :] ** 2) <= radius**2
@@ -453,19 +495,25 @@ def generate_case(seed_or_rng: int | np.random.SeedSequence | np.random.Generato
 
     ed_image, ed_label = render(0.0, 3)
     es_image, es_label = render(1.0, 4)
-    cine = None
+    cine = cine_label = None
+    phases = [0.0, 1.0]
     if num_frames:
-        frames = []
-        for t in range(num_frames):
-            phase = 0.5 * (1.0 - math.cos(2.0 * math.pi * t / num_frames))  # 0 at ED, 1 at T/2
+        frames, labels = [], []
+        # contraction and relaxation: 0 at ED (t = 0), 1 at ES (t = T/2), smooth in between
+        phases = [0.5 * (1.0 - math.cos(2.0 * math.pi * t / num_frames)) for t in range(num_frames)]
+        for t, phase in enumerate(phases):
             if t == 0:
-                frames.append(ed_image)
+                image, label = ed_image, ed_label
             elif 2 * t == num_frames:
-                frames.append(es_image)
+                image, label = es_image, es_label
             else:
-                frames.append(render(phase, 5 + t)[0])
-        cine = np.stack(frames, axis=-1)
-    return SyntheticCase(ed_image, ed_label, es_image, es_label, p.spacing, cine)
+                image, label = render(phase, 5 + t)
+            frames.append(image)
+            labels.append(label)
+        cine, cine_label = np.stack(frames, axis=-1), np.stack(labels, axis=-1)
+    per_phase = [_analytic_volumes(p, ph) for ph in phases]
+    volumes = {name: np.array([v[name] for v in per_phase]) for name in ("RV", "MYO", "LV")}
+    return SyntheticCase(ed_image, ed_label, es_image, es_label, p.spacing, cine, cine_label, volumes)
 
 
 def _save_nifti(array: np.ndarray, spacing: tuple[float, float, float], target: Path, frame_time: float | None = None) -> None:
