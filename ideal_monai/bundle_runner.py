@@ -17,6 +17,7 @@ RUN_CONFIGS = {
     "finetune": "train.json",
     "inference": "inference.json",
     "evaluate": "evaluate.json",
+    "function": "function.json",
 }
 
 

@@ -5,6 +5,7 @@
     ideal-monai finetune  --dataset_dir DATA [--bundle_root DIR] [--<config key> VALUE ...]
     ideal-monai infer     --dataset_dir IMAGES --output_dir OUT [--bundle_root DIR] [--overwrite]
     ideal-monai evaluate  --prediction_dir PRED --dataset_dir GT --output_dir REPORT
+    ideal-monai function  --dataset_dir IMAGES --output_dir REPORT [--bundle_root DIR] [--prediction_dir SEG] [--label_dir GT]
     ideal-monai demo      [--output_dir DIR]
     ideal-monai label-app --output_dir APP [--model_path model.pt] [--overwrite] [--<config key> VALUE ...]
 
@@ -75,6 +76,15 @@ def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: b
           f"report: {os.path.join(output_dir, 'report.md')}")
 
 
+def function(dataset_dir: str, output_dir: str, bundle_root: str | None = None, **overrides) -> None:
+    """Cardiac function (volumes, EF, mass; agreement with ground truth) per patient (run id ``function``)."""
+    from .bundle_runner import run_bundle
+
+    if bundle_root:
+        overrides["bundle_root"] = bundle_root
+    run_bundle("function", dataset_dir=dataset_dir, output_dir=output_dir, **overrides)
+
+
 def demo(output_dir: str = "demo_output", **kwargs) -> None:
     """Phantoms -> pre-train -> fine-tune -> infer -> evaluate, in a few minutes on a CPU."""
     from .demo import run_demo
@@ -112,7 +122,8 @@ def _print_traceback(exc: BaseException) -> None:
                              + "".join(traceback.format_exception_only(type(e), e)))
 
 
-COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate, "demo": demo,
+COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate,
+            "function": function, "demo": demo,
             "label_app": label_app}  # fire also accepts "label-app"
 
 

@@ -543,6 +543,7 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, num_cases: int = 20, 
         patientXXX/patientXXX_frame02.nii.gz      ES image
         patientXXX/patientXXX_frame02_gt.nii.gz   ES label
         patientXXX/patientXXX_4d.nii.gz           cine int16 (H, W, Z, T), only with ``with_cine``
+        patientXXX/patientXXX_4d_gt.nii.gz        its labels uint8 (H, W, Z, T), only with ``with_cine``
 
     Patient ``first_id + i`` depends only on ``(seed, first_id + i)``, so a larger ``num_cases``
     extends a smaller dataset. Every file is written atomically; existing files are replaced.
@@ -580,6 +581,7 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, num_cases: int = 20, 
             if case.cine is not None:
                 # one cardiac cycle of ~0.8 s spread over the frames
                 _save_nifti(case.cine, case.spacing, folder / f"{name}_4d.nii.gz", frame_time=0.8 / num_frames)
+                _save_nifti(case.cine_label, case.spacing, folder / f"{name}_4d_gt.nii.gz", frame_time=0.8 / num_frames)
         except OSError as e:
             where = e.filename or folder
             raise IdealInputError(where, f"cannot write synthetic case: {e.strerror or e}") from e

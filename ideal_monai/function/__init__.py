@@ -4,7 +4,8 @@ from .agreement import agreement, agreement_table, plot_agreement
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_curves, volume_unit)
 from .qc import quality_flags
+from .workflow import function_patients, patient_function, read_info_cfg, run_function
 
 __all__ = ["ACDC_CLASSES", "INDEX_NAMES", "MYOCARDIAL_DENSITY", "VolumeUnit", "agreement", "agreement_table",
            "cardiac_indices", "class_volumes", "find_ed_es", "plot_agreement", "quality_flags", "volume_curves",
-           "volume_unit"]
+           "volume_unit", "function_patients", "patient_function", "read_info_cfg", "run_function"]

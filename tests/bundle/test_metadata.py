@@ -23,7 +23,7 @@ SHARED_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "monai" 
 SCHEMA_URL = f"https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/{SCHEMA_NAME}"
 
 # Config files whose top-level keys the README's hyper-parameter tables must cover.
-DOCUMENTED_CONFIGS = ("pretrain.json", "train.json", "inference.json", "evaluate.json")
+DOCUMENTED_CONFIGS = ("pretrain.json", "train.json", "inference.json", "evaluate.json", "function.json")
 
 
 def _load(name: str) -> dict:

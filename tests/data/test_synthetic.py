@@ -143,7 +143,7 @@ def test_dataset_layout_files_and_headers(dataset):
     for folder in folders:
         name = folder.name
         expected = {f"{name}_frame01.nii.gz", f"{name}_frame01_gt.nii.gz", f"{name}_frame02.nii.gz",
-                    f"{name}_frame02_gt.nii.gz", f"{name}_4d.nii.gz"}
+                    f"{name}_frame02_gt.nii.gz", f"{name}_4d.nii.gz", f"{name}_4d_gt.nii.gz"}
         assert {p.name for p in folder.iterdir()} == expected  # no temporary files left behind
         ed = nib.load(folder / f"{name}_frame01.nii.gz")
         gt = nib.load(folder / f"{name}_frame01_gt.nii.gz")

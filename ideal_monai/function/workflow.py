@@ -1,0 +1,419 @@
+"""The ``function`` run id: segment what is not segmented yet, then report each patient's cardiac function.
+
+Per patient (the grouping of :func:`~ideal_monai.data.discover_cases`), in this order of preference:
+
+- a **4D cine** file ``(X, Y, Z, T)``: every frame is segmented, the LV/RV cavity volume curves are
+  computed, ED = maximum and ES = minimum LV cavity volume (or the given frame indices), and the
+  curves are drawn with ED/ES marked;
+- **ED and ES volumes** (ACDC ``patientXXX_frameYY``): frame numbers from an ACDC ``Info.cfg`` beside
+  them when present, else ED = the frame with the larger LV cavity, ES = the smaller;
+- **one volume**: its volumes and myocardial mass, no EF (the report says so).
+
+With ground truth (``_gt`` files beside the images, or ``label_dir``) the same indices are computed
+from the expert labels and compared over all patients (:mod:`ideal_monai.function.agreement`).
+Outputs in ``output_dir``: ``function.csv``, ``function.json``, ``report.md``, ``curves/<patient>.png``
+and, with ground truth, ``agreement.csv``, ``bland_altman.png``, ``scatter.png``. Every file is
+written atomically; a patient that cannot be computed is a row with its reason, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data.discovery import discover_cases
+from ..data.io import check_same_grid, load_volume, read_shape, strip_image_suffix
+from ..errors import IdealInputError
+from ..utils.atomic import atomic_path, atomic_write_text
+from .agreement import agreement_table, plot_agreement
+from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
+                      find_ed_es, volume_unit)
+from .qc import quality_flags
+
+__all__ = ["function_patients", "read_info_cfg", "patient_function", "run_function"]
+
+logger = logging.getLogger(__name__)
+
+_FRAME = re.compile(r"_frame(?P<frame>\d+)$")
+
+
+def read_info_cfg(path: Path) -> dict[str, int]:
+    """``{"ED": n, "ES": m}`` (1-based frame numbers) from an ACDC ``Info.cfg`` (``ED: 1`` lines)."""
+    out = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("ED", "ES"):
+            try:
+                out[key.strip()] = int(float(value.strip()))
+            except ValueError:
+                raise IdealInputError(path, f"{key.strip()} is not a frame number: {value.strip()!r}") from None
+    return out
+
+
+def function_patients(dataset_dir: str | Path) -> list[dict]:
+    """Patients of ``dataset_dir``: ``{"patient_id", "cine": path | None, "frames": {n: case}, "info": path | None}``.
+
+    ``frames`` maps a frame number (from ``_frameYY`` names; 0 for other 3D files) to the
+    discovered case dict (``image``, optional ``label``).
+    """
+    patients: dict[str, dict] = {}
+    for case in discover_cases(dataset_dir, include_cine=True):
+        pid = case["patient_id"]
+        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None})
+        image = Path(case["image"])
+        if "frame" in case:  # one frame of a 4D cine file
+            p["cine"] = image
+            continue
+        if len(read_shape(image)) == 4:
+            p["cine"] = image
+            continue
+        match = _FRAME.search(str(case["case_id"]))
+        p["frames"][int(match["frame"]) if match else len(p["frames"])] = case
+        info = image.parent / "Info.cfg"
+        if info.is_file():
+            p["info"] = info
+    return [patients[k] for k in sorted(patients)]
+
+
+def _zooms(t) -> tuple[float, float, float]:
+    affine = np.asarray(t.affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
+def _frames_of(path: Path, reference=None) -> tuple[list[np.ndarray], tuple[float, float, float], object]:
+    """The 3D label arrays of a 3D or 4D label file, its spacing and its first frame's tensor."""
+    shape = read_shape(path)
+    if len(shape) == 4 and shape[3] < 2:
+        raise IdealInputError(path, f"is a 4D cine with {shape[3]} frame: ED and ES need at least two")
+    frames = [None] if len(shape) == 3 else list(range(shape[3]))
+    tensors = [load_volume(path, is_label=True, frame=f) for f in frames]
+    zooms = _zooms(tensors[0])
+    volume_unit(zooms, where=str(path))  # NaN / zero spacing: say so before any grid comparison
+    if reference is not None:
+        check_same_grid(reference, tensors[0])
+    return [np.asarray(t[0]) for t in tensors], zooms, tensors[0]
+
+
+def _label_file(folder: Path | None, case_id: str) -> Path | None:
+    if folder is None:
+        return None
+    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        for name in (f"{case_id}_gt{suffix}", f"{case_id}{suffix}"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], unit: VolumeUnit,
+                     classes: Mapping[str, int] = ACDC_CLASSES, ed_es: tuple[int, int] | None = None,
+                     density: float = MYOCARDIAL_DENSITY) -> dict:
+    """Indices of one patient from its label frames (3D arrays) with the given frame ids.
+
+    ``ed_es``: the ED and ES frame ids; ``None``: from the LV curve (max / min). With one frame only
+    ED volumes and mass are computed. Returns ``indices``, ``curves`` (per class, per frame),
+    ``ed_frame``, ``es_frame``, ``qc`` flags and ``notes``.
+    """
+    vols = [class_volumes(lab, unit, classes) for lab in labels]
+    curves = {name: [v[name] for v in vols] for name in classes}
+    notes = []
+    if len(labels) == 1:
+        ed_i, es_i = 0, None
+        notes.append("one frame only: volumes and mass, no ESV/SV/EF")
+    elif ed_es is not None:
+        missing = [f for f in ed_es if f not in frame_ids]
+        if missing:
+            raise IdealInputError("ed_es", f"frame(s) {missing} not among the frames {list(frame_ids)}")
+        ed_i, es_i = frame_ids.index(ed_es[0]), frame_ids.index(ed_es[1])
+    else:
+        ed_i, es_i = find_ed_es(curves["LV"])
+    ed = vols[ed_i]
+    es = vols[es_i] if es_i is not None else None
+    qc = quality_flags(labels[ed_i], "ED", classes)
+    if es_i is not None:
+        qc += quality_flags(labels[es_i], "ES", classes)
+        if ed["LV"] <= es["LV"]:
+            qc.append("LV cavity at ED is not larger than at ES")
+    return {"indices": cardiac_indices(ed, es, density), "curves": curves, "frames": list(frame_ids),
+            "ed_frame": frame_ids[ed_i], "es_frame": None if es_i is None else frame_ids[es_i], "qc": qc,
+            "notes": notes}
+
+
+def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es) -> dict:
+    """Automatic (and reference) function of one patient; raises IdealInputError for bad input."""
+    entry: dict = {"patient_id": p["patient_id"], "status": "ok"}
+    given = ed_es
+    if p["cine"] is not None:
+        image = Path(p["cine"])
+        shape = read_shape(image)
+        if shape[3] < 2:
+            raise IdealInputError(image, f"is a 4D cine with {shape[3]} frame: ED and ES need at least two")
+        case_id = strip_image_suffix(image)
+        sources = {"auto": pred_dir / f"{case_id}.nii.gz",
+                   "reference": _label_file(label_dir, case_id) or _label_file(image.parent, case_id + "_gt")}
+        entry["input"] = "4D cine"
+        entry["files"] = [str(image)]
+    else:
+        if not p["frames"]:
+            raise IdealInputError(p["patient_id"], "no image")
+        numbers = sorted(p["frames"])
+        info = read_info_cfg(p["info"]) if p["info"] is not None else {}
+        if given is None and "ED" in info and "ES" in info:
+            have_ed, have_es = info["ED"] in numbers, info["ES"] in numbers
+            if have_ed and have_es:
+                given = (info["ED"], info["ES"])
+            elif have_ed:  # ED volumes and mass are still right; the report says why there is no EF
+                numbers = [info["ED"]]
+                entry["note"] = f"ES frame {info['ES']} (Info.cfg) is missing"
+            else:
+                raise IdealInputError(p["info"], f"names ED frame {info['ED']}, which is missing (frames here: "
+                                                 f"{numbers}); an ES volume alone gives no ED volumes or EF")
+        elif given is not None and len(numbers) == 1:
+            raise IdealInputError(p["frames"][numbers[0]]["image"], "ed_frame/es_frame given but the patient has one frame")
+        entry["input"] = "ED + ES volumes" if len(numbers) > 1 else "one volume"
+        entry["files"] = [str(p["frames"][n]["image"]) for n in numbers]
+        frames_used = {n: p["frames"][n] for n in numbers}
+        sources = {
+            "auto": [pred_dir / f"{strip_image_suffix(frames_used[n]['image'])}.nii.gz" for n in numbers],
+            "reference": [frames_used[n].get("label") or _label_file(label_dir, strip_image_suffix(frames_used[n]["image"]))
+                          for n in numbers],
+        }
+        if any(r is None for r in sources["reference"]):
+            sources["reference"] = None
+    for kind, src in sources.items():
+        if src is None:
+            continue
+        if isinstance(src, Path):  # a 4D label file
+            labels, zooms, _ = _frames_of(src, load_volume(p["cine"], frame=0))
+            frame_ids = list(range(len(labels)))
+        else:
+            labels, zooms_all, first = [], [], None
+            for img_case, path in zip((frames_used[n] for n in numbers), src):
+                lab, zooms, tensor = _frames_of(Path(path), load_volume(img_case["image"]))
+                if first is not None and (tensor.shape != first.shape or
+                                          not np.allclose(np.asarray(tensor.affine), np.asarray(first.affine), atol=1e-3)):
+                    raise IdealInputError(path, f"is not on the grid of {Path(src[0]).name}: ED and ES of one "
+                                                "patient must share a grid")
+                first = first if first is not None else tensor
+                labels += lab
+                zooms_all.append(zooms)
+            zooms = zooms_all[0]
+            frame_ids = numbers
+        unit = volume_unit(zooms, where=str(src if isinstance(src, Path) else src[0]))
+        entry[kind] = patient_function(labels, frame_ids, unit, classes, given, density)
+        if entry.get("note"):
+            entry[kind]["notes"].append(entry["note"])
+        entry["unit"], entry["mass_unit"], entry["voxel_mm3"] = unit.unit, unit.mass_unit, unit.voxel_mm3
+    return entry
+
+
+def _segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None) -> None:
+    """Run the bundle's ``inference`` on the images that have no prediction in ``pred_dir`` yet."""
+    from ..bundle_runner import run_bundle
+
+    todo = []
+    for p in patients:
+        images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
+        todo += [im for im in images if not (pred_dir / f"{strip_image_suffix(im)}.nii.gz").is_file()]
+    if not todo:
+        return
+    staging = pred_dir / ".to_segment"
+    staging.mkdir(parents=True, exist_ok=True)
+    for im in todo:  # a flat folder of links: inference segments exactly these files
+        link = staging / im.name
+        if not link.exists():
+            link.symlink_to(im.resolve())
+    logger.info("segmenting %d file(s) into %s", len(todo), pred_dir)
+    try:
+        kwargs = dict(inference_overrides)
+        if bundle_root:
+            kwargs["bundle_root"] = bundle_root
+        run_bundle("inference", dataset_dir=str(staging), output_dir=str(pred_dir), overwrite=False, **kwargs)
+    finally:
+        for link in staging.iterdir():
+            link.unlink()
+        staging.rmdir()
+
+
+def _fmt(v, digits=1) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _units(entry_unit: str | None) -> dict[str, str]:
+    vol = entry_unit or "mL"
+    mass = "g" if vol == "mL" else f"voxels x {MYOCARDIAL_DENSITY:g}"
+    return {k: {"volume": vol, "mass": mass, "percent": "%"}[kind] for k, kind in INDEX_NAMES.items()}
+
+
+def _plot_curves(entry: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for kind, style in (("auto", "-"), ("reference", "--")):
+        res = entry.get(kind)
+        if not res:
+            continue
+        for name, colour in (("LV", "C3"), ("RV", "C0")):
+            ax.plot(res["frames"], res["curves"][name], style, color=colour, marker="o", ms=3,
+                    label=f"{name} cavity ({'automatic' if kind == 'auto' else 'reference'})")
+        if kind == "auto":
+            for frame, tag in ((res["ed_frame"], "ED"), (res["es_frame"], "ES")):
+                if frame is not None:
+                    ax.axvline(frame, color="k", lw=0.8, ls=":")
+                    ax.text(frame, ax.get_ylim()[1], f" {tag}", va="top", fontsize=8)
+    ax.set(xlabel="frame", ylabel=f"volume ({entry.get('unit', 'mL')})", title=entry["patient_id"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", label_dir: str = "",
+                 class_labels: Mapping[str, int] | None = None, myocardial_density: float = MYOCARDIAL_DENSITY,
+                 ed_frame: int | None = None, es_frame: int | None = None,
+                 inference_overrides: Mapping | None = None, bundle_root: str | None = None,
+                 exit_on_failure: bool = True) -> dict:
+    """Segment (unless ``prediction_dir`` holds the labels), compute and report every patient's function.
+
+    Args:
+        dataset_dir: images (any layout the data layer reads; 4D cine files included).
+        output_dir: the report folder; segmentations go to ``<output_dir>/segmentations`` unless
+            ``prediction_dir`` is given.
+        prediction_dir: existing label files ``<case_id>.nii.gz`` to use instead of segmenting.
+        label_dir: expert labels (``<case_id>_gt`` or ``<case_id>``) when not beside the images.
+        class_labels: ``{"RV": v, "MYO": v, "LV": v}`` label values (default ACDC's 1, 2, 3).
+        myocardial_density: g/mL for the mass.
+        ed_frame, es_frame: fixed ED/ES frame ids (both or neither): 0-based frame indices of a 4D cine,
+            ``frameYY`` numbers for ED/ES files. Default: Info.cfg, else the LV curve's maximum / minimum.
+        inference_overrides: config values for the ``inference`` run (network, geometry, ``model_path``).
+        exit_on_failure: exit with status 1 after writing the report when a patient failed.
+
+    Returns:
+        the report dict written to ``function.json``.
+    """
+    from ..errors import print_error
+
+    classes = dict(class_labels or ACDC_CLASSES)
+    if set(classes) != set(ACDC_CLASSES) or len(set(classes.values())) != 3:
+        raise IdealInputError("class_labels", f"needs distinct values for RV, MYO and LV, got {classes!r}")
+    if (ed_frame is None) != (es_frame is None):
+        raise IdealInputError("ed_frame", "give both ed_frame and es_frame, or neither")
+    if not isinstance(myocardial_density, (int, float)) or not myocardial_density > 0:
+        raise IdealInputError("myocardial_density", f"must be a positive number, got {myocardial_density!r}")
+    data = Path(dataset_dir)
+    if not data.exists():
+        raise IdealInputError(data, "dataset folder does not exist")
+    out = Path(output_dir)
+    pred_dir = Path(prediction_dir) if prediction_dir else out / "segmentations"
+    label_root = Path(label_dir) if label_dir else None
+    if label_root is not None and not label_root.is_dir():
+        raise IdealInputError(label_root, "label folder does not exist")
+    patients = function_patients(data)
+    if not patients:
+        raise IdealInputError(data, "no images found")
+    if prediction_dir:
+        if not pred_dir.is_dir():
+            raise IdealInputError(pred_dir, "prediction folder does not exist")
+    else:
+        _segment_missing(patients, pred_dir, inference_overrides or {}, bundle_root)
+
+    ed_es = None if ed_frame is None else (int(ed_frame), int(es_frame))
+    entries = []
+    for p in patients:
+        try:
+            entry = _patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es)
+        except IdealInputError as e:
+            entry = {"patient_id": p["patient_id"], "status": "not computed", "reason": str(e)}
+        entries.append(entry)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        if e.get("input") == "4D cine" and e.get("auto"):
+            e["curve_png"] = f"curves/{e['patient_id']}.png"
+            _plot_curves(e, out / e["curve_png"])
+    with_ref = [e for e in entries if e.get("auto") and e.get("reference")]
+    names = list(INDEX_NAMES)
+    report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": classes,
+              "myocardial_density": myocardial_density, "patients": entries, "agreement": None}
+    units = _units(next((e.get("unit") for e in entries if e.get("unit")), None))
+    if with_ref:
+        if len({e["unit"] for e in with_ref}) > 1:
+            logger.warning("patients mix mL and voxel units: agreement statistics mix them too")
+        auto = [e["auto"]["indices"] for e in with_ref]
+        ref = [e["reference"]["indices"] for e in with_ref]
+        report["agreement"] = agreement_table(auto, ref, names)
+        plot_agreement(auto, ref, names, units, out / "bland_altman.png", out / "scatter.png")
+    _write_reports(out, report, units)
+    failed = [e for e in entries if e["status"] != "ok"]
+    print(f"ideal-monai function: {len(entries) - len(failed)} of {len(entries)} patient(s) computed; report: "
+          f"{out / 'report.md'}")
+    for e in failed:
+        print_error(f"{e['patient_id']}: not computed: {e['reason']}")
+    if failed and exit_on_failure:
+        raise SystemExit(1)
+    return report
+
+
+def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
+    names = list(INDEX_NAMES)
+    rows = []
+    for e in report["patients"]:
+        for kind in ("auto", "reference"):
+            res = e.get(kind)
+            if kind == "reference" and not res:
+                continue
+            row = {"patient_id": e["patient_id"], "source": kind if res else "", "status": e["status"],
+                   "input": e.get("input", ""), "unit": e.get("unit", ""), "voxel_mm3": e.get("voxel_mm3"),
+                   "ed_frame": res["ed_frame"] if res else None, "es_frame": res["es_frame"] if res else None}
+            row.update({n: (res["indices"][n] if res else None) for n in names})
+            row["qc_flags"] = "; ".join(res["qc"]) if res else ""
+            row["notes"] = "; ".join(res["notes"]) if res else e.get("reason", "")
+            rows.append(row)
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["patient_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buf.getvalue(), out / "function.csv")
+    atomic_write_text(json.dumps(report, indent=1, default=str) + "\n", out / "function.json")
+
+    voxel = any(e.get("unit") == "voxels" for e in report["patients"])
+    lines = ["# Cardiac function", ""]
+    if voxel:
+        lines += ["> **VOXEL UNITS.** The images' headers carry unit spacing (1 x 1 x 1), i.e. no real voxel size. "
+                  "Volumes are voxel counts and the mass is voxels x density: **they are not mL or g**. Ejection "
+                  "fractions are ratios and stay valid.", ""]
+    lines += ["| patient | input | ED | ES | " + " | ".join(f"{n} ({units[n]})" for n in names) + " | QC |",
+              "|---|---|---:|---:|" + "---:|" * len(names) + "---|"]
+    for e in report["patients"]:
+        res = e.get("auto")
+        if not res:
+            lines.append(f"| {e['patient_id']} | not computed: {e.get('reason', '')} |" + " |" * (len(names) + 3))
+            continue
+        qc = "; ".join(res["qc"] + res["notes"]) or "ok"
+        lines.append(f"| {e['patient_id']} | {e['input']} | {res['ed_frame']} | {_fmt(res['es_frame'], 0)} | "
+                     + " | ".join(_fmt(res["indices"][n]) for n in names) + f" | {qc} |")
+    if report["agreement"]:
+        lines += ["", "## Agreement with the reference labels", "",
+                  "| index | n | MAE | bias | SD of difference | limits of agreement | Pearson r |",
+                  "|---|---:|---:|---:|---:|---|---:|"]
+        for n, s in report["agreement"].items():
+            loa = f"{_fmt(s['loa_low'])} .. {_fmt(s['loa_high'])}" if s["loa_low"] is not None else ""
+            lines.append(f"| {n} ({units[n]}) | {s['n']} | {_fmt(s['mae'])} | {_fmt(s['bias'])} | {_fmt(s['sd'])} | "
+                         f"{loa} | {_fmt(s['r'], 3)} |")
+        lines += ["", "![Bland-Altman](bland_altman.png)", "", "![Scatter](scatter.png)"]
+    curves = [e for e in report["patients"] if e.get("curve_png")]
+    if curves:
+        lines += ["", "## Volume curves", ""] + [f"![{e['patient_id']}]({e['curve_png']})" for e in curves]
+    atomic_write_text("\n".join(lines) + "\n", out / "report.md")
