@@ -6,10 +6,13 @@ repository, with a CPU-sized profile.
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -119,3 +122,31 @@ def test_ema_weights_are_written_and_differ_from_the_final_ones(trained):
     assert any(not torch.equal(ema[k], final[k]) for k in final if final[k].is_floating_point())
     state = torch.load(models / "ema_checkpoint.pt", weights_only=True)  # resumable with the training checkpoint
     assert state["iteration"] == 280 and int(state["ema"]["n_averaged"]) == 280  # one update per iteration
+
+
+def test_function_run_on_a_4d_phantom_with_the_trained_model(trained, tmp_path):
+    """``run function`` segments every frame of a 4D cine with the model trained above and reports."""
+    from ideal_monai.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "cine"
+    write_synthetic_dataset(data, num_cases=1, seed=11, with_cine=True, num_frames=6, first_id=50)
+    for f in data.rglob("*_frame*"):  # only the cine (and its labels, the reference)
+        f.unlink()
+    out = tmp_path / "function"
+    _bundle("function", "function.json", trained["cwd"], "--bundle_root", str(trained["root"]), "--dataset_dir",
+            str(data), "--output_dir", str(out), "--patch_size", "[64, 64]", "--target_spacing", "[4.0, 4.0]")
+    seg = nib.load(out / "segmentations" / "patient050_4d.nii.gz")
+    assert seg.shape == nib.load(data / "patient050" / "patient050_4d.nii.gz").shape  # every frame, input grid
+    report = json.loads((out / "function.json").read_text())
+    entry = report["patients"][0]
+    assert entry["status"] == "ok" and entry["input"] == "4D cine" and entry["unit"] == "mL"
+    auto, ref = entry["auto"], entry["reference"]
+    assert len(auto["curves"]["LV"]) == 6 and auto["ed_frame"] != auto["es_frame"]
+    assert (ref["ed_frame"], ref["es_frame"]) == (0, 3)
+    assert abs(auto["indices"]["LV_EF"] - ref["indices"]["LV_EF"]) < 15  # a 280-iteration model, 4 mm grid
+    assert report["agreement"]["LV_EDV"]["n"] == 1
+    rows = list(csv.DictReader((out / "function.csv").open()))
+    assert {"LV_EDV", "LV_EF", "RV_EF", "MYO_mass_ED", "ed_frame", "qc_flags", "unit"} <= set(rows[0])
+    for png in (entry["curve_png"], "bland_altman.png", "scatter.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "LV_EF (%)" in (out / "report.md").read_text()
