@@ -40,10 +40,21 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain_iterations", type=int, nargs="+", default=[1500],
                    help="one IDEAL run per pre-training length (multiples of 50)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--report_only", action="store_true",
+                   help="only rebuild results.md / results.json / convergence.png from what --output_dir holds now "
+                        "(e.g. while the study still runs)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's). Two processes of one thread each, on different "
                         "--arms and the same --output_dir, make ~1.5x the steps of one two-thread process on 2 cores")
     args = p.parse_args(argv)
+    if args.report_only:
+        from ideal_monai.benchmarks.convergence import write_results
+
+        if not args.output_dir.is_dir():
+            p.error(f"{args.output_dir}: no such study folder")
+        write_results(args.output_dir)
+        print((args.output_dir / "results.md").read_text())
+        return 0
     try:
         profile = apply_sets(PROFILES[args.profile], parse_sets(args.sets))
         cfg = ConvergenceConfig(output_dir=args.output_dir, data_dir=args.data_dir, splits_file=args.splits_file,

@@ -31,12 +31,41 @@ def unlabeled_image_paths(datastore: Datastore, label_tag: str | None = None) ->
     return [datastore.get_image_uri(i) for i in sorted(ids)]
 
 
+#: Request keys MONAI Label itself adds or reads besides the trainer's ``config()`` options.
+MONAILABEL_TRAIN_KEYS = frozenset({"model", "name", "bundle_path", "force_multi_gpu", "tracking_run_name", "dataset",
+                                   "local_rank", "client_id"})
+
+#: ``train.json`` keys the task sets itself (paths, the datalist, how a round starts): refused in a request.
+RESERVED_TRAIN_KEYS = frozenset({"imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "splits_file",
+                                 "labeled_key", "num_labeled", "num_val", "resume", "use_pretrained", "pretrained_path",
+                                 "device", "network", "datalist", "initialize", "finetune", "run", "finalize"})
+
+
 class IdealTrainTask(BundleTrainTask):
-    """``BundleTrainTask`` that runs the semi-supervised ``finetune`` with the unlabeled studies."""
+    """``BundleTrainTask`` that runs the semi-supervised ``finetune`` with the unlabeled studies.
+
+    Options in the train request that are top-level ``train.json`` values (``iterations_per_epoch``,
+    ``learning_rate``, ``batch_size_labeled``, ``lambda_max``...) are passed to the bundle; MONAI
+    Label's stock ``BundleTrainTask`` drops them silently. Any other unknown option is refused by name.
+    """
 
     def __call__(self, request, datastore: Datastore):
         self._datastore = datastore
+        self._bundle_options = self.bundle_options(request)
         return super().__call__(request, datastore)
+
+    def bundle_options(self, request: dict) -> dict:
+        """The request's ``train.json`` options; raises ``ValueError`` naming options nobody reads."""
+        monailabel_keys = set(self.config()) | MONAILABEL_TRAIN_KEYS
+        bundle_keys = {k for k, v in self.bundle_config.config.items() if not isinstance(v, dict)} - RESERVED_TRAIN_KEYS
+        reserved = sorted(k for k in request if k in RESERVED_TRAIN_KEYS and k not in monailabel_keys)
+        unknown = sorted(k for k in request if k not in monailabel_keys | bundle_keys | RESERVED_TRAIN_KEYS)
+        if reserved or unknown:
+            parts = ([f"unknown option(s) {unknown}"] if unknown else []) + (
+                [f"option(s) {reserved} are set by the train task itself"] if reserved else [])
+            raise ValueError(f"ideal train request: {'; '.join(parts)}. Accepted: MONAI Label's {sorted(self.config())} "
+                             f"and the bundle's train.json values, e.g. iterations_per_epoch, learning_rate")
+        return {k: request[k] for k in request if k in bundle_keys and k not in monailabel_keys}
 
     def _fetch_datalist(self, request, datastore: Datastore):
         datalist = super()._fetch_datalist(request, datastore)
@@ -51,10 +80,12 @@ class IdealTrainTask(BundleTrainTask):
         overrides["train#unlabeled_dataset#data"] = [{"image": p, "case_id": str(strip_image_suffix(p))} for p in unlabeled]
         if not overrides.get("validate#dataset#data"):
             overrides["validate#dataset#data"] = overrides["train#dataset#data"]
+        overrides.update(getattr(self, "_bundle_options", {}))
         overrides["resume"] = False  # every MONAI Label round starts from models/model.pt (CheckpointLoader)
         overrides["use_pretrained"] = False  # ... not from the pre-trained encoder
-        logger.info("ideal finetune: %d labeled, %d unlabeled, %d validation image(s)",
-                    len(overrides["train#dataset#data"]), len(unlabeled), len(overrides["validate#dataset#data"]))
+        logger.info("ideal finetune: %d labeled, %d unlabeled, %d validation image(s); bundle options %s",
+                    len(overrides["train#dataset#data"]), len(unlabeled), len(overrides["validate#dataset#data"]),
+                    getattr(self, "_bundle_options", {}))
         return overrides
 
 

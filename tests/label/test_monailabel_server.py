@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("monailabel", reason="monailabel is not installed (pip install -e '.[label]'): MONAI Label server tests skipped")
 try:  # what the server imports; a broken DICOM stack (pydicom 3 with pydicom-seg 0.4) fails here
@@ -45,9 +46,11 @@ pytestmark = [pytest.mark.label, pytest.mark.slow]
 HOST = "127.0.0.1"
 START_TIMEOUT = 300
 TRAIN_TIMEOUT = 600
-# small network/patch so a CPU round is quick; every value is a top-level key of the bundle configs
-SMALL = {"features": [4, 8, 16, 32, 64], "patch_size": [128, 128], "iterations_per_epoch": 2,
-         "batch_size_labeled": 2, "batch_size_unlabeled": 2, "sw_batch_size": 8}
+# small network/patch so a CPU round is quick; every value is a top-level key of the bundle configs.
+# target_spacing is on (as in the ACDC CPU profile's models): MONAI's Spacingd used to call .update() on
+# MONAI Label's "image_path" string, so every /infer of such an app answered HTTP 500 (issue #14).
+SMALL = {"features": [4, 8, 16, 32, 64], "patch_size": [128, 128], "target_spacing": [2.0, 2.0],
+         "iterations_per_epoch": 2, "batch_size_labeled": 2, "batch_size_unlabeled": 2, "sw_batch_size": 8}
 
 
 def _free_port() -> int:
@@ -157,6 +160,20 @@ def _infer(url: str, image_id: str) -> tuple[bytes, float]:
     return content, time.perf_counter() - t0
 
 
+def _train(url: str, params: dict) -> dict:
+    """Start a training round and wait for it; the task's final status record."""
+    status, _, _ = _request(f"{url}/train/ideal", method="POST", data=json.dumps(params).encode(),
+                            headers={"Content-Type": "application/json"})
+    assert status == 200
+    deadline = time.time() + TRAIN_TIMEOUT
+    while True:
+        last = json.loads(_request(f"{url}/train/")[1])  # the latest training task
+        if last.get("status") not in ("SUBMITTED", "RUNNING", None):
+            return last
+        assert time.time() < deadline, "training did not finish in time"
+        time.sleep(3)
+
+
 def test_monailabel_round_trip(server, tmp_path):
     url, studies = server["url"], server["studies"]
     info = json.loads(_request(f"{url}/info/")[1])
@@ -189,19 +206,18 @@ def test_monailabel_round_trip(server, tmp_path):
     # one epoch of semi-supervised fine-tuning, starting from the current weights
     model_pt = server["app"] / "model" / "ideal" / "models" / "model.pt"
     before = model_pt.stat().st_mtime_ns
-    params = {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.0}
-    status, _, _ = _request(f"{url}/train/ideal", method="POST", data=json.dumps(params).encode(),
-                            headers={"Content-Type": "application/json"})
-    assert status == 200
-    deadline = time.time() + TRAIN_TIMEOUT
-    while True:
-        last = json.loads(_request(f"{url}/train/")[1])  # the latest training task
-        if last.get("status") not in ("SUBMITTED", "RUNNING", None):
-            break
-        assert time.time() < deadline, "training did not finish in time"
-        time.sleep(3)
+    # an option MONAI Label does not know and the bundle has no key for is refused by name
+    last = _train(url, {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "not_an_option": 5})
+    assert last["status"] == "ERROR", last
+    assert "not_an_option" in server["log"].read_text(errors="replace")
+    assert model_pt.stat().st_mtime_ns == before
+    # a train.json value in the request (iterations_per_epoch) is honoured, not dropped
+    last = _train(url, {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "val_split": 0.0,
+                        "iterations_per_epoch": 3})
     assert last["status"] == "DONE", last
     assert model_pt.stat().st_mtime_ns != before, "training did not write models/model.pt"
+    ckpt = torch.load(model_pt.with_name("finetune_checkpoint.pt"), weights_only=True)
+    assert ckpt["engine"]["iteration"] == 3  # 1 epoch x the requested 3 iterations (the app's default is 2)
     log = server["log"].read_text(errors="replace")
     assert "2 labeled, 4 unlabeled" in log  # the studies without final labels were the unlabeled data
 
