@@ -1,7 +1,8 @@
 """The MONAI Label app class laid out by ``ideal-monai label-app`` (needs ``monailabel``).
 
 Like the stock ``monaibundle`` sample app (local bundles from ``<app>/model/<name>``, listed with
-``--conf models``), with :class:`~ideal_monai.label.tasks.IdealTrainTask` as trainer and the
+``--conf models``), with :class:`~ideal_monai.label.tasks.IdealInferTask` (4D cine studies too) as
+inferer, :class:`~ideal_monai.label.tasks.IdealTrainTask` as trainer and the
 ``ideal_disagreement`` active-learning strategy and scoring method next to ``random``/``first``.
 """
 
@@ -14,11 +15,10 @@ import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
-from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.utils.others.generic import get_bundle_models, strtobool
 
 from .scoring import SCORE_KEY, DisagreementScorer
-from .tasks import DisagreementScoring, DisagreementStrategy, IdealTrainTask
+from .tasks import DisagreementScoring, DisagreementStrategy, IdealInferTask, IdealTrainTask
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class IdealApp(MONAILabelApp):
     def init_infers(self):
         infers = {}
         for name, path in self.models.items():
-            task = BundleInferTask(path, self.conf)
+            task = IdealInferTask(path, self.conf)
             if task.is_valid():
                 infers[name] = task
                 logger.info("+++ Adding Inferer:: %s => %s", name, path)

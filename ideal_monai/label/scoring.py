@@ -16,6 +16,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..networks import stream_disagreement
@@ -95,12 +96,23 @@ class DisagreementScorer:
 
     @torch.no_grad()
     def score(self, image_path: str | os.PathLike) -> dict:
-        """``{"score": float, "heart_voxels": int, "model_version": float}`` for one 3D image file."""
+        """``{"score": float, "heart_voxels": int, "model_version": float}`` for one 3D or 4D image file
+        (a 4D cine's score is the heart-voxel-weighted mean over its frames)."""
+        from ..data.io import read_shape
+
         with self._lock:
             self._load()
-            data = self._preprocessing({"image": str(image_path)})
-            batch = data["image"][None].to(self._device)  # (1, 1, P, P, Z)
-            out = self._inferer(batch, _ProbsAndDisagreement(self._network))[0]
-            result = heart_disagreement(out)
-            result["model_version"] = self._loaded_version
+            shape = read_shape(image_path)
+            frames = [None] if len(shape) == 3 else list(range(shape[3]))
+            per_frame = []
+            for frame in frames:  # a 4D cine: every frame, weighted by its heart voxels
+                data = {"image": str(image_path)} if frame is None else {"image": str(image_path), "frame": frame}
+                batch = self._preprocessing(data)["image"][None].to(self._device)  # (1, 1, P, P, Z)
+                per_frame.append(heart_disagreement(self._inferer(batch, _ProbsAndDisagreement(self._network))[0]))
+            heart = sum(r["heart_voxels"] for r in per_frame)
+            score = (sum(r["score"] * r["heart_voxels"] for r in per_frame) / heart if heart
+                     else float(np.mean([r["score"] for r in per_frame])))
+            result = {"score": float(score), "heart_voxels": int(heart), "model_version": self._loaded_version}
+            if len(shape) == 4:
+                result["frames"] = len(frames)
             return result

@@ -12,17 +12,57 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 
+import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
-from ..data.io import strip_image_suffix
+from ..data.io import read_shape, save_label_like, strip_image_suffix
 from .scoring import SCORE_KEY, DisagreementScorer
 
 logger = logging.getLogger(__name__)
+
+
+def cine_frames(path: str) -> int | None:
+    """Number of frames of a 4D cine file, ``None`` for a 3D volume (or anything that is not a file)."""
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    shape = read_shape(path)
+    return int(shape[3]) if len(shape) == 4 else None
+
+
+class IdealInferTask(BundleInferTask):
+    """``BundleInferTask`` that also segments 4D cine studies: every frame, into one 4D label file.
+
+    A 3D study goes through the stock task. For a 4D ``(X, Y, Z, T)`` study each frame is run through
+    the same bundle pipeline (the ``frame`` entry reaches the bundle's loader) and the frames' labels
+    are stacked into a 4D NIfTI on the study's grid (header and affine of the input).
+    """
+
+    def __call__(self, request, callbacks=None):
+        frames = cine_frames(request.get("image"))
+        if frames is None:
+            return super().__call__(request, callbacks)
+        image = request["image"]
+        shape = tuple(read_shape(image)[:3])
+        labels = []
+        for t in range(frames):
+            _, data = super().__call__({**request, "frame": t, "skip_writer": True}, callbacks)
+            label = np.asarray(data[self.key_pred]).squeeze()
+            if label.shape != shape:
+                raise ValueError(f"{image}: frame {t} was segmented to shape {label.shape}, expected {shape}")
+            labels.append(label.astype(np.uint8))
+        fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="ideal_4d_")
+        os.close(fd)
+        save_label_like(np.stack(labels, axis=-1), image, out)
+        logger.info("ideal: segmented %d frames of %s", frames, image)
+        return out, {"frames": frames}
 
 
 def unlabeled_image_paths(datastore: Datastore, label_tag: str | None = None) -> list[str]:
@@ -77,15 +117,21 @@ class IdealTrainTask(BundleTrainTask):
         cfg = self.bundle_config
         semi = bool(cfg.get("semi_supervised", True)) and int(cfg.get("num_streams", 2)) > 1
         unlabeled = unlabeled_image_paths(self._datastore) if semi else []
-        overrides["train#unlabeled_dataset#data"] = [{"image": p, "case_id": str(strip_image_suffix(p))} for p in unlabeled]
+        entries = []
+        for p in unlabeled:  # a 4D cine study gives every frame as an unlabeled volume
+            case_id = str(strip_image_suffix(p))
+            frames = cine_frames(p)
+            entries += ([{"image": p, "case_id": case_id}] if frames is None else
+                        [{"image": p, "case_id": f"{case_id}_t{t:02d}", "frame": t} for t in range(frames)])
+        overrides["train#unlabeled_dataset#data"] = entries
         if not overrides.get("validate#dataset#data"):
             overrides["validate#dataset#data"] = overrides["train#dataset#data"]
         overrides.update(getattr(self, "_bundle_options", {}))
         overrides["resume"] = False  # every MONAI Label round starts from models/model.pt (CheckpointLoader)
         overrides["use_pretrained"] = False  # ... not from the pre-trained encoder
-        logger.info("ideal finetune: %d labeled, %d unlabeled, %d validation image(s); bundle options %s",
-                    len(overrides["train#dataset#data"]), len(unlabeled), len(overrides["validate#dataset#data"]),
-                    getattr(self, "_bundle_options", {}))
+        logger.info("ideal finetune: %d labeled, %d unlabeled (%d volumes), %d validation image(s); bundle options %s",
+                    len(overrides["train#dataset#data"]), len(unlabeled), len(entries),
+                    len(overrides["validate#dataset#data"]), getattr(self, "_bundle_options", {}))
         return overrides
 
 

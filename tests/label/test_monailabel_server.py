@@ -123,6 +123,9 @@ def server(tmp_path_factory):
     for img in sorted(data.glob("patient*/patient*_frame??.nii.gz")):
         shutil.copyfile(img, studies / img.name)  # images only: labels come through the API
         gt[img.name[: -len(".nii.gz")]] = img.with_name(img.name.replace(".nii.gz", "_gt.nii.gz"))
+    # and one 4D cine study (3 frames): segmented frame by frame, unlabeled data for training, scored
+    write_synthetic_dataset(root / "cine", num_cases=1, seed=1, with_cine=True, num_frames=3, first_id=9)
+    shutil.copyfile(root / "cine" / "patient009" / "patient009_4d.nii.gz", studies / "patient009_4d.nii.gz")
     app = make_label_app(root / "app", **SMALL)
     port = _free_port()
     log = open(root / "server.log", "wb")
@@ -184,7 +187,7 @@ def test_monailabel_round_trip(server, tmp_path):
     assert SCORE_KEY in info["strategies"] and SCORE_KEY in info["scoring"]
 
     image_ids = sorted(json.loads(_request(f"{url}/datastore/?output=all")[1])["objects"])
-    assert len(image_ids) == 6
+    assert len(image_ids) == 7 and image_ids[-1] == "patient009_4d"
 
     # inference: a NIfTI label map on the study's exact grid, values 0-3
     first = image_ids[0]
@@ -195,6 +198,15 @@ def test_monailabel_round_trip(server, tmp_path):
     assert pred.shape == ref.shape
     np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-4)
     assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+    # a 4D cine study: every frame segmented, one 4D label file on the study's grid
+    content, _ = _infer(url, "patient009_4d")
+    out4d = tmp_path / "pred4d.nii.gz"
+    out4d.write_bytes(content)
+    pred4d, ref4d = nib.load(out4d), nib.load(studies / "patient009_4d.nii.gz")
+    assert pred4d.shape == ref4d.shape and len(pred4d.shape) == 4
+    np.testing.assert_allclose(pred4d.affine, ref4d.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred4d.dataobj)).tolist()) <= {0, 1, 2, 3}
 
     # save final labels for two studies (the ground truth of the phantoms)
     labeled = image_ids[:2]
@@ -219,7 +231,8 @@ def test_monailabel_round_trip(server, tmp_path):
     ckpt = torch.load(model_pt.with_name("finetune_checkpoint.pt"), weights_only=True)
     assert ckpt["engine"]["iteration"] == 3  # 1 epoch x the requested 3 iterations (the app's default is 2)
     log = server["log"].read_text(errors="replace")
-    assert "2 labeled, 4 unlabeled" in log  # the studies without final labels were the unlabeled data
+    # the studies without final labels were the unlabeled data, the cine's 3 frames each a volume
+    assert "2 labeled, 5 unlabeled (7 volumes)" in log
 
     # active learning: the most disagreeing unlabeled study, scored with the new weights
     status, content, _ = _request(f"{url}/activelearning/{SCORE_KEY}", method="POST", data=b"{}",
@@ -227,14 +240,16 @@ def test_monailabel_round_trip(server, tmp_path):
     assert status == 200
     sample = json.loads(content)
     assert sample["id"] in image_ids[2:]
-    scores = {i: json.loads(_request(f"{url}/datastore/image/info?image={i}")[1])[SCORE_KEY]["score"] for i in image_ids[2:]}
+    infos = {i: json.loads(_request(f"{url}/datastore/image/info?image={i}")[1])[SCORE_KEY] for i in image_ids[2:]}
+    assert infos["patient009_4d"]["frames"] == 3  # the cine was scored over its frames
+    scores = {i: info["score"] for i, info in infos.items()}
     assert all(0.0 <= s <= 1.0 for s in scores.values())
     assert scores[sample["id"]] == max(scores.values())
 
     # 20 concurrent inference requests: all succeed
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(lambda i: _infer(url, image_ids[i % len(image_ids)]), range(20)))
+        results = list(pool.map(lambda i: _infer(url, image_ids[i % 6]), range(20)))  # the 3D studies
     wall = time.perf_counter() - t0
     lat = sorted(r[1] for r in results)
     assert all(r[0][:2] == b"\x1f\x8b" for r in results)  # gzip-compressed NIfTI

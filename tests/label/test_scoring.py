@@ -34,3 +34,18 @@ def test_scorer_on_bundle_copy(tmp_path, synthetic_dataset):
     assert 0.0 <= result["score"] <= 1.0
     assert result["model_version"] == scorer.model_version
     assert scorer.score(image)["score"] == pytest.approx(result["score"])  # deterministic (eval mode)
+
+
+def test_scorer_scores_a_4d_cine_over_its_frames(tmp_path):
+    from ideal_monai.data.synthetic import write_synthetic_dataset
+
+    bundle = tmp_path / "ideal"
+    shutil.copytree(bundle_dir() / "configs", bundle / "configs")
+    _apply_overrides(bundle / "configs", {"features": [4, 8, 16, 32, 64], "patch_size": [64, 64]})
+    _write_weights(bundle, None)
+    write_synthetic_dataset(tmp_path / "data", num_cases=1, seed=3, with_cine=True, num_frames=3)
+    scorer = DisagreementScorer(bundle, device="cpu")
+    result = scorer.score(tmp_path / "data" / "patient001" / "patient001_4d.nii.gz")
+    assert result["frames"] == 3 and 0.0 <= result["score"] <= 1.0
+    ed = scorer.score(tmp_path / "data" / "patient001" / "patient001_frame01.nii.gz")
+    assert "frames" not in ed and result["heart_voxels"] > ed["heart_voxels"]  # three frames' hearts
