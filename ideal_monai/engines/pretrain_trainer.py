@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import copy
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -16,7 +16,6 @@ from ..handlers.checkpoint import unwrap
 from ..losses import DenseLocalContrastiveLoss
 from ..utils.precision import autocast, resolve_precision
 from .utils import backward_and_step, check_finite
-
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from ..networks import split_streams
 from ..utils.precision import autocast, resolve_precision
 from .utils import backward_and_step, check_finite
 
-
 logger = logging.getLogger(__name__)
 
 

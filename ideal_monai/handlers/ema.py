@@ -36,11 +36,10 @@ def ema_update(decay: float):
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
         t = float(num_averaged)
         d = min(float(decay), (1.0 + t) / (10.0 + t))
-        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - d)
         for a, c in zip(averaged, current):
-            if not a.is_floating_point():  # BatchNorm's num_batches_tracked
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:  # BatchNorm's num_batches_tracked
                 a.copy_(c)
 
     return update
