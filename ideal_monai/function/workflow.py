@@ -59,7 +59,8 @@ def read_info_cfg(path: Path) -> dict[str, int]:
 
 
 def function_patients(dataset_dir: str | Path) -> list[dict]:
-    """Patients of ``dataset_dir``: ``{"patient_id", "cine": path | None, "frames": {n: case}, "info": path | None}``.
+    """Patients of ``dataset_dir``: ``{"patient_id", "cine": path | None, "frames": {n: case}, "info": path | None,
+    "error": IdealInputError | None}`` (``error``: a file of the patient could not be read).
 
     ``frames`` maps a frame number (from ``_frameYY`` names; 0 for other 3D files) to the
     discovered case dict (``image``, optional ``label``).
@@ -67,12 +68,17 @@ def function_patients(dataset_dir: str | Path) -> list[dict]:
     patients: dict[str, dict] = {}
     for case in discover_cases(dataset_dir, include_cine=True):
         pid = case["patient_id"]
-        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None})
+        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None, "error": None})
         image = Path(case["image"])
         if "frame" in case:  # one frame of a 4D cine file
             p["cine"] = image
             continue
-        if len(read_shape(image)) == 4:
+        try:
+            ndim = len(read_shape(image))
+        except IdealInputError as e:  # an unreadable file fails its patient, not the run
+            p["error"] = p["error"] or e
+            continue
+        if ndim == 4:
             p["cine"] = image
             continue
         match = _FRAME.search(str(case["case_id"]))
@@ -148,6 +154,8 @@ def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], uni
 
 def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es) -> dict:
     """Automatic (and reference) function of one patient; raises IdealInputError for bad input."""
+    if p.get("error") is not None:
+        raise p["error"]
     entry: dict = {"patient_id": p["patient_id"], "status": "ok"}
     given = ed_es
     if p["cine"] is not None:
@@ -220,6 +228,8 @@ def _segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrid
 
     todo = []
     for p in patients:
+        if p.get("error") is not None:
+            continue
         images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
         todo += [im for im in images if not (pred_dir / f"{strip_image_suffix(im)}.nii.gz").is_file()]
     if not todo:
@@ -235,7 +245,10 @@ def _segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrid
         kwargs = dict(inference_overrides)
         if bundle_root:
             kwargs["bundle_root"] = bundle_root
-        run_bundle("inference", dataset_dir=str(staging), output_dir=str(pred_dir), overwrite=False, **kwargs)
+        try:
+            run_bundle("inference", dataset_dir=str(staging), output_dir=str(pred_dir), overwrite=False, **kwargs)
+        except SystemExit:  # some files failed (inference printed which): their patients are "not computed"
+            logger.warning("inference failed for some files; their patients are reported as not computed")
     finally:
         for link in staging.iterdir():
             link.unlink()

@@ -191,3 +191,33 @@ def test_4d_file_with_one_frame_is_not_computed(tmp_path):
         run_function(str(tmp_path / "data"), str(out), prediction_dir=str(tmp_path / "data"))
     entry = json.loads((out / "function.json").read_text())["patients"][0]
     assert entry["status"] == "not computed" and "1 frame" in entry["reason"] and "patient001_4d" in entry["reason"]
+
+
+def test_segments_what_is_missing_and_reports_a_file_inference_could_not_read(phantoms, tmp_path):
+    """Without prediction_dir the bundle's inference runs (random small network here); an image that
+    inference refuses, or that cannot be read at all, fails its patient only; the report is still written."""
+    import torch
+
+    from ideal_monai.networks import DualDecoderUNet
+
+    features = [4, 8, 8, 8, 8]
+    weights = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save(DualDecoderUNet(features=features).state_dict(), weights)
+    data = _only_frames(phantoms, tmp_path / "data")
+    bad = data / "patient002" / "patient002_frame02.nii.gz"  # a valid header, NaN intensities: inference fails
+    img = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.full(img.shape, np.nan, np.float32), img.affine), bad)
+    (data / "patient003" / "patient003_frame01.nii.gz").write_bytes(b"not a nifti file")  # not even readable
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):
+        run_function(str(data), str(out), inference_overrides={"model_path": str(weights), "features": features,
+                                                                 "patch_size": [64, 64], "target_spacing": [4.0, 4.0],
+                                                                 "precision": "fp32"})
+    assert sorted(p.name for p in (out / "segmentations").iterdir()) == [
+        "patient001_frame01.nii.gz", "patient001_frame02.nii.gz", "patient002_frame01.nii.gz"]
+    report = json.loads((out / "function.json").read_text())
+    status = {e["patient_id"]: e["status"] for e in report["patients"]}
+    assert status == {"patient001": "ok", "patient002": "not computed", "patient003": "not computed"}
+    assert "patient002_frame02" in report["patients"][1]["reason"]
+    assert "patient003_frame01" in report["patients"][2]["reason"]
