@@ -746,10 +746,8 @@ def test_inference_keeps_going_after_a_bad_file_with_a_later_good_one(template, 
 def _subprocess(args: list[str], cwd: Path, **env) -> tuple[subprocess.CompletedProcess, float]:
     """Run a real process (single-threaded); return it and its own peak RSS in MiB (Linux ru_maxrss).
 
-    The child is reaped with ``os.wait4``, whose rusage is that child's alone: the process-wide
-    ``RUSAGE_CHILDREN`` maximum also takes in any earlier child that is reaped in the meantime
-    (``subprocess`` reaps finished ``Popen`` objects lazily), which once attributed a training
-    process's 2 GB to this check.
+    The child is reaped with ``os.wait4``, whose rusage is that child's alone (the process-wide
+    ``RUSAGE_CHILDREN`` maximum is shared by every child the test process ever waited for).
     """
     import tempfile
     import threading
