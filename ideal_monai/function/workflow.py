@@ -218,7 +218,8 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         entry[kind] = patient_function(labels, frame_ids, unit, classes, given, density)
         if entry.get("note"):
             entry[kind]["notes"].append(entry["note"])
-        entry["unit"], entry["mass_unit"], entry["voxel_mm3"] = unit.unit, unit.mass_unit, unit.voxel_mm3
+        entry["unit"], entry["voxel_mm3"] = unit.unit, unit.voxel_mm3
+        entry["mass_unit"] = "g" if unit.unit == "mL" else f"voxels x {density:g}"
     return entry
 
 
@@ -259,9 +260,9 @@ def _fmt(v, digits=1) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
-def _units(entry_unit: str | None) -> dict[str, str]:
+def _units(entry_unit: str | None, density: float = MYOCARDIAL_DENSITY) -> dict[str, str]:
     vol = entry_unit or "mL"
-    mass = "g" if vol == "mL" else f"voxels x {MYOCARDIAL_DENSITY:g}"
+    mass = "g" if vol == "mL" else f"voxels x {density:g}"
     return {k: {"volume": vol, "mass": mass, "percent": "%"}[kind] for k, kind in INDEX_NAMES.items()}
 
 
@@ -360,7 +361,7 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     names = list(INDEX_NAMES)
     report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": classes,
               "myocardial_density": myocardial_density, "patients": entries, "agreement": None}
-    units = _units(next((e.get("unit") for e in entries if e.get("unit")), None))
+    units = _units(next((e.get("unit") for e in entries if e.get("unit")), None), float(myocardial_density))
     if with_ref:
         if len({e["unit"] for e in with_ref}) > 1:
             logger.warning("patients mix mL and voxel units: agreement statistics mix them too")
