@@ -195,16 +195,23 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         }
         if any(r is None for r in sources["reference"]):
             sources["reference"] = None
+    images: dict = {}  # path -> loaded image, read once for both the automatic and the reference labels
+
+    def image(path, frame=None):
+        if (path, frame) not in images:
+            images[(path, frame)] = load_volume(path, frame=frame)
+        return images[(path, frame)]
+
     for kind, src in sources.items():
         if src is None:
             continue
         if isinstance(src, Path):  # a 4D label file
-            labels, zooms, _ = _frames_of(src, load_volume(p["cine"], frame=0))
+            labels, zooms, _ = _frames_of(src, image(p["cine"], 0))
             frame_ids = list(range(len(labels)))
         else:
             labels, zooms_all, first = [], [], None
             for img_case, path in zip((frames_used[n] for n in numbers), src):
-                lab, zooms, tensor = _frames_of(Path(path), load_volume(img_case["image"]))
+                lab, zooms, tensor = _frames_of(Path(path), image(img_case["image"]))
                 if first is not None and (tensor.shape != first.shape or
                                           not np.allclose(np.asarray(tensor.affine), np.asarray(first.affine), atol=1e-3)):
                     raise IdealInputError(path, f"is not on the grid of {Path(src[0]).name}: ED and ES of one "
