@@ -29,7 +29,7 @@ def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool =
     from .data.synthetic import write_synthetic_dataset
     from .utils.config_checks import check_config_values
 
-    check_config_values(bools={"with_cine": with_cine}, ints={"num_cases": num_cases, "seed": seed})
+    check_config_values({"with_cine": with_cine, "num_cases": num_cases, "seed": seed})
     paths = write_synthetic_dataset(output_dir, num_cases=num_cases, seed=seed, with_cine=with_cine)
     print(f"wrote {len(paths)} files for {num_cases} cases to {output_dir}")
 
@@ -58,7 +58,7 @@ def infer(dataset_dir: str, output_dir: str, bundle_root: str | None = None, ove
     from .utils.config_checks import check_config_values
 
     # bool("false") is True: a string would silently overwrite existing predictions.
-    check_config_values(bools={"overwrite": overwrite})
+    check_config_values({"overwrite": overwrite})
     if bundle_root:
         overrides["bundle_root"] = bundle_root
     run_bundle("inference", dataset_dir=dataset_dir, output_dir=output_dir, overwrite=overwrite, **overrides)
@@ -69,7 +69,7 @@ def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: b
     from .evaluation import evaluate_folders
     from .utils.config_checks import check_config_values
 
-    check_config_values(bools={"overlays": overlays}, ints={"max_overlays": max_overlays} if max_overlays is not None else {})
+    check_config_values({"overlays": overlays, "max_overlays": max_overlays})
     summary = evaluate_folders(prediction_dir, dataset_dir, output_dir, overlays=overlays, max_overlays=max_overlays)
     overall = summary["overall"]
     print(f"mean DSC {overall['dsc_mean']:.3f} over {summary['n_cases']} volume(s), {overall['n_failures']} failure(s); "
@@ -97,7 +97,7 @@ def label_app(output_dir: str, model_path: str | None = None, overwrite: bool = 
     from .label.app import APP_MODEL_NAME, make_label_app
     from .utils.config_checks import check_config_values
 
-    check_config_values(bools={"overwrite": overwrite})
+    check_config_values({"overwrite": overwrite})
     out = make_label_app(output_dir, model_path=model_path, overwrite=overwrite, **overrides)
     print(f"MONAI Label app written to {out}; start it with:\n"
           f"  monailabel start_server --app {out} --studies <images> --conf models {APP_MODEL_NAME} "

@@ -135,7 +135,7 @@ def eval_sampler(dataset):
 
 #: Handlers kept on rank 0 only (by class name, so optional packages need not be imported).
 RANK0_HANDLER_NAMES = ("StatsHandler", "TensorBoardStatsHandler", "TensorBoardImageHandler", "ProgressBar",
-                       "MLFlowHandler", "ClearMLStatsHandler", "ClearMLImageHandler", "LearningRateLogger",
+                       "MLFlowHandler", "ClearMLStatsHandler", "ClearMLImageHandler", "LearningRateLogger", "EpochLogger",
                        "ValidationOverlays")
 
 

@@ -29,10 +29,10 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..bundle_runner import run_bundle
 from ..errors import IdealInputError
+from ..utils.atomic import atomic_path
 from .acdc import (ARMS, CPU_PROFILE, AcdcBenchmarkConfig, Profile, _finetune_overrides, _jsonable, _metrics_row,
                    _network_overrides, _read_json, _write_json, prepare_eval_sets)
 
@@ -124,17 +124,6 @@ def _trained_iterations(root: Path) -> int:
     return int((_read_json(root / "training_clock.json") or {}).get("iteration") or 0)
 
 
-def _ema_handler_index() -> int:
-    """Position of :class:`~ideal_monai.handlers.WeightEMA` in ``train.json``'s ``train#handlers``."""
-    from ..bundle_runner import config_path
-
-    handlers = json.loads(config_path("finetune").read_text())["train"]["handlers"]
-    for i, h in enumerate(handlers):
-        if isinstance(h, dict) and h.get("_target_") == "ideal_monai.handlers.WeightEMA":
-            return i
-    raise IdealInputError(config_path("finetune"), "has no ideal_monai.handlers.WeightEMA in train#handlers")
-
-
 def _clock_handler(root: Path) -> dict:
     return {"_target_": "ideal_monai.handlers.training_clock.TrainingClock", "log_path": str(root / "training_clock.json")}
 
@@ -173,18 +162,27 @@ def finetune(cfg: ConvergenceConfig, name: str, arm: str, labeled: int, encoder:
     _prepare_root(root, "finetune", overrides)
     _write_json(root / "run.json", {"name": name, "arm": arm, "title": ARMS[arm].title, "labeled": labeled,
                                     "pretrain_iterations": pretrain_iterations})
-    savers = [{"_target_": "ideal_monai.handlers.ModelSaver", "save_dir": "@ckpt_dir", "network": net,
-               "filename": KINDS[kind], "when": "iterations", "every": cfg.eval_every}
-              for kind, net in (("final", "@network"), ("ema", f"$@train#handlers#{_ema_handler_index()}.averaged_network"))]
-    extra = _extra_config(root, "train#handlers", [*savers, _clock_handler(root)])
+    extra = _extra_config(root, "train#handlers", [_clock_handler(root)])
     points = []
     for end in range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every):
         if _trained_iterations(root) < end:
             log(f"finetune {root.name}: iterations {_trained_iterations(root)} -> {end} of {cfg.iterations}")
             run_bundle("finetune", extra_configs=[extra], bundle_root=str(root), resume=True,
                        **{**overrides, "max_epochs": end // cfg.epoch_length})
+        _keep_snapshot(root, end)
         points += evaluate_snapshot(cfg, root, end, network, eval_dir, log)
     return root, points
+
+
+def _keep_snapshot(root: Path, iteration: int) -> None:
+    """Copy the chunk's ``model_final.pt`` / ``model_ema.pt`` (written when a ``finetune`` call
+    completes) to the snapshot names of ``iteration``, unless that snapshot exists already."""
+    for kind, pattern in KINDS.items():
+        snapshot = root / "models" / pattern.format(iteration=iteration)
+        written = root / "models" / ("model_final.pt" if kind == "final" else "model_ema.pt")
+        if not snapshot.is_file() and written.is_file() and _trained_iterations(root) == iteration:
+            with atomic_path(snapshot, suffix=".pt") as tmp:
+                shutil.copyfile(written, tmp)
 
 
 def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, network_overrides: dict, eval_dir: Path,

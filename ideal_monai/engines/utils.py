@@ -75,7 +75,7 @@ def build_optimizer(name: str, params, lr: float, momentum: float = 0.9, weight_
     """``"sgd"`` (momentum, the paper's default family) or ``"adam"`` / ``"adamw"``, from one config key."""
     key = str(name).lower()
     if key == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum or 0.0, weight_decay=weight_decay)
     if key == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if key == "adamw":

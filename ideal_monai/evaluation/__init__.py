@@ -12,12 +12,13 @@ from .metrics import (
     evaluate_folders,
     summarize,
 )
-from .curves import read_scalars, save_curves_from_tensorboard
-from .overlays import save_overlay_png, save_training_curves_png, select_slices
+from .curves import read_scalars, read_stages, save_curves_from_tensorboard, save_training_curves_png
+from .overlays import save_overlay_png, select_slices
 from .report import CSV_COLUMNS, write_report
 
 __all__ = [
     "read_scalars",
+    "read_stages",
     "save_curves_from_tensorboard",
     "CONVENTION",
     "CSV_COLUMNS",

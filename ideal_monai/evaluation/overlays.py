@@ -1,4 +1,4 @@
-"""PNG figures: segmentation overlays for a case, and training curves.
+"""PNG figures: segmentation overlays for a case (training curves: :mod:`ideal_monai.evaluation.curves`).
 
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` with the Agg canvas, never through
 ``pyplot``, so nothing depends on (or changes) the process-wide backend and no figure is left
@@ -7,7 +7,6 @@ open in a long training run. Files are written atomically.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from ..errors import IdealInputError
 from ..utils.atomic import atomic_path
 from .metrics import DEFAULT_CLASS_NAMES
 
-__all__ = ["CLASS_COLOURS", "select_slices", "save_overlay_png", "save_training_curves_png"]
+__all__ = ["CLASS_COLOURS", "select_slices", "save_overlay_png"]
 
 #: Label value -> RGB colour; picked to stay distinct from each other and from grey MRI intensities.
 CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
@@ -193,67 +192,3 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return path
-
-
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (same length; the first points average what exists so far)."""
-    c = np.cumsum(np.insert(values, 0, 0.0))
-    idx = np.arange(1, values.size + 1)
-    start = np.maximum(0, idx - window)
-    return (c[idx] - c[start]) / (idx - start)
-
-
-def save_training_curves_png(
-    history: Mapping[str, Sequence[tuple[float, float]]],
-    path: str | os.PathLike,
-    title: str | None = None,
-    dpi: int = 100,
-) -> Path:
-    """Plot training/validation curves, one panel per series, as a PNG.
-
-    Args:
-        history: series name -> ``[(step, value), ...]``, e.g. ``{"train/loss": [(0, 1.2), ...],
-            "val/mean_dice": [(100, 0.41), ...]}``. Non-finite values (a NaN loss) are left out of
-            the plot and counted in the panel title.
-        path: output ``.png`` file.
-        title: figure title.
-
-    Noisy series (20 points or more) are drawn faint with a trailing moving average on top.
-
-    Raises:
-        IdealInputError: when no series has a single finite value.
-    """
-    series = {}
-    for name, points in history.items():
-        pts = np.asarray(list(points), dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
-        keep = np.isfinite(pts).all(axis=1)
-        if keep.any():
-            order = np.argsort(pts[keep, 0], kind="stable")
-            series[str(name)] = (pts[keep][order], int((~keep).sum()))
-    if not series:
-        raise IdealInputError(path, "training history has no finite values to plot")
-
-    ncols = 1 if len(series) <= 3 else 2
-    nrows = math.ceil(len(series) / ncols)
-    fig = Figure(figsize=(6.0 * ncols, 2.6 * nrows + (0.5 if title else 0.0)), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, (name, (pts, n_bad)) in zip(axes, series.items()):
-        steps, vals = pts[:, 0], pts[:, 1]
-        if vals.size >= 20:
-            ax.plot(steps, vals, color="tab:blue", alpha=0.3, linewidth=0.8, label="raw")
-            ax.plot(steps, _smooth(vals, max(5, vals.size // 25)), color="tab:blue", linewidth=1.6,
-                    label="moving average")
-            ax.legend(fontsize=8, loc="best")
-        else:
-            ax.plot(steps, vals, color="tab:blue", marker="o", markersize=3, linewidth=1.4)
-        ax.set_title(name + (f"  ({n_bad} non-finite dropped)" if n_bad else ""), fontsize=10)
-        ax.set_xlabel("step", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.tick_params(labelsize=8)
-    for ax in axes[len(series):]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    return _save(fig, path)

@@ -96,24 +96,25 @@ class ModelSaver:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
             return
         if self.when == "iterations":
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.save)
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self.save, logging.DEBUG)
             return
         if self.when == "epoch":
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.save, logging.DEBUG)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def _save_if_best(self, engine: Engine) -> None:
         if getattr(engine.state, "best_metric_epoch", -1) == engine.state.epoch:
-            self.save(engine)
+            self.save(engine, logging.DEBUG)  # the epoch's log line says it is the best
 
-    def save(self, engine: Engine | None = None) -> None:
+    def save(self, engine: Engine | None = None, log_level: int = logging.INFO) -> None:
+        """Write the weights; the periodic saves log at DEBUG so the console keeps one line per epoch."""
         if not _is_rank0():
             return
         state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
         iteration = engine.state.iteration if engine is not None else 0
         path = self.save_dir / self.filename.format(iteration=iteration)
         atomic_save_torch(state, path)
-        logger.info("saved %s", path)
+        logger.log(log_level, "saved %s", path)
 
 
 class TrainingCheckpoint:

@@ -1,26 +1,62 @@
-"""An Ignite progress bar configurable from a bundle config (all options in the constructor)."""
+"""A progress bar over a whole run, configurable from a bundle config (all options in the constructor)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ignite.engine import Engine
-from ignite.handlers import ProgressBar as _IgniteProgressBar
+from ignite.engine import Engine, Events
+from tqdm.auto import tqdm
 
 
 class ProgressBar:
-    """tqdm progress bar over an engine's iterations, showing ``output_transform(output)``.
+    """One tqdm bar over all iterations of a run (every epoch), showing ``output_transform(output)``.
 
-    Ignite's ``ProgressBar`` takes ``output_transform`` in ``attach``; bundle handler lists only
-    call ``attach(engine)``, so this wrapper takes everything up front.
+    Ignite's ``ProgressBar`` draws a new bar per epoch and takes ``output_transform`` in ``attach``;
+    a stage of training is easier to follow as one bar (``finetune: 40%|... 400/1000``) with one log
+    line per epoch above it (:class:`~ideal_monai.handlers.epoch_log.EpochLogger`), and bundle
+    handler lists only call ``attach(engine)``, so this handler takes everything up front. A resumed
+    run starts the bar at the restored iteration (attach it after the checkpoint handler).
+
+    Args:
+        output_transform: ``engine.state.output`` -> ``{name: scalar}`` shown after the bar, or None.
+        persist: keep the finished bar on screen.
+        desc: text before the bar (e.g. the stage: ``"finetune"``).
     """
 
     def __init__(self, output_transform: Callable | None = None, persist: bool = False, desc: str | None = None):
-        self.bar = _IgniteProgressBar(persist=persist, desc=desc) if desc else _IgniteProgressBar(persist=persist)
         self.output_transform = output_transform
+        self.persist = persist
+        self.desc = desc
+        self.bar = None
 
     def attach(self, engine: Engine) -> None:
-        self.bar.attach(engine, output_transform=self.output_transform)
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._update)
+        engine.add_event_handler(Events.COMPLETED, self.close)
+        engine.add_event_handler(Events.TERMINATE, self.close)
+
+    def _open(self, engine: Engine) -> None:
+        self.close()
+        total = engine.state.max_epochs * engine.state.epoch_length if engine.state.epoch_length else None
+        self.bar = tqdm(total=total, initial=engine.state.iteration, desc=self.desc, leave=self.persist,
+                        dynamic_ncols=True)
+
+    def _update(self, engine: Engine) -> None:
+        if self.bar is None:
+            return
+        if self.output_transform is not None:
+            values = self.output_transform(engine.state.output)
+            self.bar.set_postfix({k: f"{float(v):.3g}" for k, v in values.items()}, refresh=False)
+        self.bar.update(engine.state.iteration - self.bar.n)
+        if self.bar.total is not None and self.bar.n >= self.bar.total:
+            # Close at the last iteration, before the end-of-run handlers log what they saved.
+            self.close()
+
+    def close(self, engine: Engine | None = None) -> None:
+        """Close the bar (at the end of the run; a run that raised leaves it to the next ``STARTED``)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class LazySummaryWriter:

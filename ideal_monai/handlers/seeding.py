@@ -6,6 +6,7 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -15,7 +16,8 @@ class EpochSeeder:
 
     With ``num_workers=0`` loaders this makes an epoch's shuffling and augmentations a function of
     the seed and the epoch number alone, so resuming from an epoch-end checkpoint reproduces the
-    uninterrupted run exactly on CPU.
+    uninterrupted run exactly on CPU. Under DDP every rank draws its own augmentations: rank ``r``
+    uses the base seed ``seed + 1000003 r``.
 
     Args:
         seed: base seed (None disables seeding).
@@ -32,7 +34,8 @@ class EpochSeeder:
     def __call__(self, engine: Engine) -> None:
         if self.seed is None:
             return
-        epoch_seed = (int(self.seed) * 100_003 + int(engine.state.epoch)) % (2**31 - 1)
+        rank_seed = int(self.seed) + 1_000_003 * idist.get_rank()
+        epoch_seed = (rank_seed * 100_003 + int(engine.state.epoch)) % (2**31 - 1)
         torch.manual_seed(epoch_seed)
         np.random.seed(epoch_seed)
         random.seed(epoch_seed)

@@ -13,6 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from ideal_monai.errors import IdealInputError
+from ideal_monai.evaluation.curves import curve_panels
 from ideal_monai.evaluation import (
     CONVENTION,
     CSV_COLUMNS,
@@ -146,19 +147,36 @@ def test_overlay_png_is_valid_and_shows_class_colours(tmp_path):
     assert save_overlay_png(None, pred, gt, tmp_path / "noimage.png").stat().st_size > 5_000
 
 
-def test_training_curves_png(tmp_path):
+def test_training_curves_png_one_row_per_stage(tmp_path):
     steps = np.arange(200)
-    history = {
-        "train/loss": [(int(s), float(np.exp(-s / 50) + 0.05 * np.sin(s))) for s in steps],
-        "val/mean_dice": [(int(s), float(1 - np.exp(-s / 80))) for s in steps[::20]],
-        "train/nan_loss": [(0, float("nan")), (1, 0.5), (2, 0.4)],
+    stages = {
+        "pretrain": {"loss": [(int(s), float(np.exp(-s / 50))) for s in steps],
+                     "loss_global": [(int(s), 0.0) for s in steps],
+                     "lr": [(e, 1e-3 * (1 - e / 5)) for e in range(1, 6)]},
+        "finetune": {"loss": [(int(s), float(np.exp(-s / 50) + 0.05 * np.sin(s))) for s in steps],
+                     "loss_sup": [(0, float("nan")), (1, 0.5), (2, 0.4)],
+                     "lambda": [(int(s), float(s) / 200) for s in steps],
+                     "lr": [(e, 0.05 * (1 - e / 5)) for e in range(1, 6)],
+                     "val_mean_dice": [(e, 0.1 * e) for e in range(1, 6)]},
     }
-    path = save_training_curves_png(history, tmp_path / "curves.png", title="run")
+    path = save_training_curves_png(stages, tmp_path / "curves.png", title="run")
     w, h = _png_size(path)
     assert path.stat().st_size > 10_000 and w > 400 and h > 400
     with pytest.raises(IdealInputError):
-        save_training_curves_png({"loss": [(0, float("nan"))], "empty": []}, tmp_path / "none.png")
+        save_training_curves_png({"a": {"loss": [(0, float("nan"))], "empty": []}}, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_curve_panels_group_by_unit_and_drop_switched_off_terms():
+    stage = {"loss": [(1, 2.0), (2, 1.0)], "loss_global": [(1, 0.0), (2, 0.0)], "loss_dense": [(1, 2.0), (2, 1.0)],
+             "lambda": [(1, 0.1), (2, 0.2)], "lr": [(1, 0.01)], "val_mean_dice": [(1, 0.5)],
+             "loss_nan": [(1, float("nan"))]}
+    panels = {title: (xlabel, sorted(series)) for title, xlabel, series in curve_panels(stage)}
+    assert panels == {"loss": ("iteration", ["loss", "loss_dense"]),
+                      "consistency weight lambda": ("iteration", ["lambda"]),
+                      "learning rate": ("epoch", ["lr"]),
+                      "validation": ("epoch", ["val_mean_dice"])}
+    assert [t for t, _, _ in curve_panels({"loss": [(1, 1.0)]})] == ["loss"]
 
 
 def test_evaluate_folders_end_to_end_with_overlays(tmp_path):
