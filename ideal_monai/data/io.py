@@ -152,6 +152,36 @@ def _read_raw(path: Path) -> MetaTensor:
         raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {_first_line(e, 160)}") from None
 
 
+def read_array(path: str | os.PathLike) -> MetaTensor:
+    """The file's array as stored, ``(X, Y, Z)`` or ``(X, Y, Z, T)``, after the header checks of
+    :func:`volume_shape` (nothing is allocated for a refused file).
+
+    Unlike :func:`load_volume` there is no channel axis, the stored dtype is kept (integer labels
+    stay integers) and values are not checked: the caller validates them for its own convention.
+    ``affine`` is the RAS affine and ``meta`` the header (``pixdim`` for NIfTI, see :func:`voxel_spacing`).
+    Trailing singleton axes are dropped.
+    """
+    path = Path(path)
+    shape = volume_shape(path)
+    raw = _read_raw(path)
+    while raw.ndim > len(shape) and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    return raw
+
+
+def voxel_spacing(volume: MetaTensor) -> tuple[float, float, float]:
+    """Voxel size ``(sx, sy, sz)`` in mm of a volume from :func:`read_array` or :func:`load_volume`.
+
+    The NIfTI header's ``pixdim[1:4]`` (what nibabel's ``get_zooms`` gives) when the file had one,
+    else the lengths of the affine's first three columns.
+    """
+    pixdim = volume.meta.get("pixdim")
+    if pixdim is not None:
+        return tuple(float(v) for v in np.asarray(pixdim, dtype=np.float64).ravel()[1:4])
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The validated header shape ``(X, Y, Z)`` or ``(X, Y, Z, T)`` (trailing singleton axes dropped).
 
