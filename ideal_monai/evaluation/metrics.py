@@ -40,6 +40,7 @@ from monai.networks.utils import one_hot
 from monai.utils import convert_data_type
 
 from ..errors import IdealInputError
+from ..utils.classes import FOREGROUND_NAMES
 
 __all__ = [
     "CONVENTION",
@@ -54,8 +55,9 @@ __all__ = [
     "summarize",
 ]
 
-#: Label value -> class name for the classes that are scored (ACDC order, background excluded).
-DEFAULT_CLASS_NAMES: dict[int, str] = {1: "RV", 2: "MYO", 3: "LV"}
+#: Label value -> class name for the classes that are scored by default: the foreground classes
+#: of :mod:`ideal_monai.utils.classes` (background excluded).
+DEFAULT_CLASS_NAMES: dict[int, str] = dict(FOREGROUND_NAMES)
 
 #: The metric columns of a row, in report order.
 METRIC_KEYS = ("dsc", "hd95", "asd")
