@@ -29,7 +29,7 @@ _SIDE_OUTPUT_POSTFIXES = ("_uncertainty", "_probs")
 _NIFTI_EXT = re.compile(r"\.nii(\.gz)?$")
 
 #: One case: (case id, prediction file, ground-truth file, image file or None).
-Case = tuple[str, Path, Path, "Path | None"]
+Case = tuple[str, Path, Path, Path | None]
 
 
 def _case_id_of(path: Path, postfixes: Sequence[str] = ()) -> str:
