@@ -5,12 +5,9 @@ decoder streams that teach each other (bidirectional consistency); inference wri
 """
 
 from .errors import IdealInputError, install_excepthook
+from .utils.classes import CLASS_NAMES, NUM_CLASSES
 
 __version__ = "0.1.0"
-
-#: Class names in ACDC order: label value -> name.
-CLASS_NAMES = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
-NUM_CLASSES = len(CLASS_NAMES)
 
 __all__ = ["IdealInputError", "CLASS_NAMES", "NUM_CLASSES", "__version__"]
 

@@ -15,14 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: CI and servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ideal_monai import CLASS_NAMES  # noqa: E402
 from ideal_monai.data.synthetic import generate_case  # noqa: E402
 from ideal_monai.utils.atomic import atomic_path  # noqa: E402
-
-#: contour colour per label value (RV, MYO, LV)
-_COLOURS = {1: "deepskyblue", 2: "lime", 3: "red"}
+from ideal_monai.utils.classes import CLASSES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,15 +40,16 @@ def main(argv: list[str] | None = None) -> None:
             ax = axes[row, col]
             # transpose: array axis 0 (H) runs left-right on screen like a NIfTI viewer
             ax.imshow(image[:, :, k].T, cmap="gray", vmin=0, vmax=vmax, origin="lower")
-            for value, colour in _COLOURS.items():
-                mask = (label[:, :, k] == value).T
+            for cls in CLASSES:
+                mask = (label[:, :, k] == cls.label).T
                 if mask.any():
-                    ax.contour(mask, levels=[0.5], colors=colour, linewidths=0.8)
+                    ax.contour(mask, levels=[0.5], colors=[cls.colour], linewidths=0.8)
             ax.set_axis_off()
             ax.set_title(f"seed {seed} {title} (z={k}/{z - 1})", fontsize=8)
-    legend = ", ".join(f"{CLASS_NAMES[v]}={c}" for v, c in _COLOURS.items())
-    fig.suptitle(f"Synthetic cardiac short-axis phantoms; contours {legend}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle("Synthetic cardiac short-axis phantoms with label contours", fontsize=10)
+    fig.legend(handles=[Line2D([], [], color=c.colour, label=c.name) for c in CLASSES], loc="lower center",
+               ncol=len(CLASSES), fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     with atomic_path(args.output, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -21,13 +21,12 @@ from monai.transforms import LoadImage
 
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_path
+from ..utils.classes import BACKGROUND, CLASS_NAMES, LABEL_VALUES
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 
-#: The label values of the ACDC convention: 0 background, 1 RV, 2 MYO, 3 LV.
-LABEL_VALUES = (0, 1, 2, 3)
 #: Refuse volumes larger than this many voxels per 3D frame (e.g. 512 x 512 x 256), from the header,
 #: before anything is allocated. Inference needs about 40 bytes per voxel of the largest frame on
 #: top of the process (float copies and per-class probabilities on the input grid; measured +0.3 GB
@@ -152,6 +151,36 @@ def _read_raw(path: Path) -> MetaTensor:
         raise IdealInputError(path, f"cannot be read as an image (corrupt or truncated?): {_first_line(e, 160)}") from None
 
 
+def read_array(path: str | os.PathLike) -> MetaTensor:
+    """The file's array as stored, ``(X, Y, Z)`` or ``(X, Y, Z, T)``, after the header checks of
+    :func:`volume_shape` (nothing is allocated for a refused file).
+
+    Unlike :func:`load_volume` there is no channel axis, the stored dtype is kept (integer labels
+    stay integers) and values are not checked: the caller validates them for its own convention.
+    ``affine`` is the RAS affine and ``meta`` the header (``pixdim`` for NIfTI, see :func:`voxel_spacing`).
+    Trailing singleton axes are dropped.
+    """
+    path = Path(path)
+    shape = volume_shape(path)
+    raw = _read_raw(path)
+    while raw.ndim > len(shape) and raw.shape[-1] == 1:
+        raw = raw[..., 0]
+    return raw
+
+
+def voxel_spacing(volume: MetaTensor) -> tuple[float, float, float]:
+    """Voxel size ``(sx, sy, sz)`` in mm of a volume from :func:`read_array` or :func:`load_volume`.
+
+    The NIfTI header's ``pixdim[1:4]`` (what nibabel's ``get_zooms`` gives) when the file had one,
+    else the lengths of the affine's first three columns.
+    """
+    pixdim = volume.meta.get("pixdim")
+    if pixdim is not None:
+        return tuple(float(v) for v in np.asarray(pixdim, dtype=np.float64).ravel()[1:4])
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
     """The validated header shape ``(X, Y, Z)`` or ``(X, Y, Z, T)`` (trailing singleton axes dropped).
 
@@ -220,16 +249,18 @@ def load_volume(path: str | os.PathLike, *, is_label: bool = False, frame: int |
 
 
 def _validate_label(path: Path, data: torch.Tensor) -> torch.Tensor:
-    """Check that a label map holds integer values in LABEL_VALUES; return it as uint8."""
+    """Check that a label map holds integer values in :data:`~ideal_monai.utils.classes.LABEL_VALUES`; return it as uint8."""
     if data.is_floating_point():
         if not torch.isfinite(data).all():
             raise IdealInputError(path, "label map contains NaN/Inf values")
         if not torch.equal(data, torch.round(data)):
-            raise IdealInputError(path, "label map has non-integer values; expected integer classes 0-3")
+            raise IdealInputError(path, f"label map has non-integer values; expected integer classes {LABEL_VALUES[0]}-{LABEL_VALUES[-1]}")
     values = torch.unique(data.to(torch.int64)).tolist()
     bad = sorted(v for v in values if v not in LABEL_VALUES)
     if bad:
-        raise IdealInputError(path, f"label values outside {{0,1,2,3}} (0 bg, 1 RV, 2 MYO, 3 LV): {bad[:5]}")
+        allowed = ",".join(str(v) for v in LABEL_VALUES)
+        meaning = ", ".join(f"{v} {'bg' if v == BACKGROUND else n}" for v, n in CLASS_NAMES.items())
+        raise IdealInputError(path, f"label values outside {{{allowed}}} ({meaning}): {bad[:5]}")
     return data.to(torch.uint8)
 
 

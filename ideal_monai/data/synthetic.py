@@ -40,6 +40,7 @@ from scipy import ndimage
 
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_path
+from ..utils.classes import CLASS_LABELS
 
 __all__ = ["SyntheticCase", "generate_case", "write_synthetic_dataset", "phantom_affine"]
 
@@ -357,9 +358,9 @@ def _paint_heart(p: _Params, f: _Frame, background: np.ndarray, phase: float) ->
         tissue[muscle] = PAPILLARY
 
     label = np.zeros(p.shape, dtype=np.uint8)
-    label[rv] = 1
-    label[myo] = 2
-    label[lv] = 3
+    label[rv] = CLASS_LABELS["RV"]
+    label[myo] = CLASS_LABELS["MYO"]
+    label[lv] = CLASS_LABELS["LV"]
     # Trabeculae darken the blood pool within ~2 mm of the endocardium.
     trabecular = np.where(lv, np.exp(-np.clip(endo - f.rho, 0.0, None) / 2.0), 0.0)
     trabecular = np.where(rv, np.exp(-np.clip(f.rho - epi, 0.0, None) / 2.0), trabecular).astype(np.float32)
@@ -512,7 +513,7 @@ def generate_case(seed_or_rng: int | np.random.SeedSequence | np.random.Generato
             labels.append(label)
         cine, cine_label = np.stack(frames, axis=-1), np.stack(labels, axis=-1)
     per_phase = [_analytic_volumes(p, ph) for ph in phases]
-    volumes = {name: np.array([v[name] for v in per_phase]) for name in ("RV", "MYO", "LV")}
+    volumes = {name: np.array([v[name] for v in per_phase]) for name in CLASS_LABELS}
     return SyntheticCase(ed_image, ed_label, es_image, es_label, p.spacing, cine, cine_label, volumes)
 
 

@@ -12,9 +12,9 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
-from ..handlers.checkpoint import unwrap
 from ..losses import DenseLocalContrastiveLoss
 from ..utils.precision import autocast, resolve_precision
+from ..utils.weights import unwrap
 from .utils import backward_and_step, check_finite
 
 logger = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data.distributed import DistributedSampler
 
-from ..handlers.checkpoint import unwrap
 from ..losses import BidirectionalConsistencyLoss
 from ..networks import split_streams
 from ..utils.precision import autocast, resolve_precision
+from ..utils.weights import unwrap
 from .utils import backward_and_step, check_finite
 
 logger = logging.getLogger(__name__)

@@ -30,11 +30,8 @@ cover ``ok`` rows, which is why the failure counts are reported next to them.
 
 from __future__ import annotations
 
-import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +40,7 @@ from monai.networks.utils import one_hot
 from monai.utils import convert_data_type
 
 from ..errors import IdealInputError
+from ..utils.classes import FOREGROUND_NAMES
 
 __all__ = [
     "CONVENTION",
@@ -50,13 +48,16 @@ __all__ = [
     "METRIC_KEYS",
     "STATUSES",
     "FAILURE_STATUSES",
+    "as_label_volume",
+    "as_spacing",
+    "check_class_names",
     "compute_case_metrics",
     "summarize",
-    "evaluate_folders",
 ]
 
-#: Label value -> class name for the classes that are scored (ACDC order, background excluded).
-DEFAULT_CLASS_NAMES: dict[int, str] = {1: "RV", 2: "MYO", 3: "LV"}
+#: Label value -> class name for the classes that are scored by default: the foreground classes
+#: of :mod:`ideal_monai.utils.classes` (background excluded).
+DEFAULT_CLASS_NAMES: dict[int, str] = dict(FOREGROUND_NAMES)
 
 #: The metric columns of a row, in report order.
 METRIC_KEYS = ("dsc", "hd95", "asd")
@@ -82,16 +83,13 @@ CONVENTION = (
     "mean DSC includes the 0 of each failure, mean HD95/ASD cover 'ok' rows only."
 )
 
-# Last components of a prediction's file name that are not part of the case id: MONAI's SaveImage
-# appends "_seg" by default, and some pipelines use "_pred".
-_PRED_POSTFIXES = ("_seg", "_pred")
-# Side outputs of ``ideal-monai infer`` that sit beside the label maps and are not predictions.
-_SIDE_OUTPUT_POSTFIXES = ("_uncertainty", "_probs")
-_NIFTI_EXT = re.compile(r"\.nii(\.gz)?$")
+def as_label_volume(arr, where: str, max_label: int) -> np.ndarray:
+    """Validate one label volume (numpy or torch) and return it as an int64 array of shape (X, Y, Z).
 
-
-def _as_label_volume(arr, where: str, max_label: int) -> np.ndarray:
-    """Validate one label volume and return it as an int64 array of shape (X, Y, Z)."""
+    Raises:
+        IdealInputError: naming ``where``, when it is not 3D, not integral, or has values outside
+            ``0..max_label``.
+    """
     arr = convert_data_type(arr, np.ndarray)[0]
     if arr.ndim != 3:
         raise IdealInputError(where, f"expected a 3D label volume (X, Y, Z), got shape {tuple(arr.shape)}")
@@ -112,14 +110,16 @@ def _as_label_volume(arr, where: str, max_label: int) -> np.ndarray:
     return arr
 
 
-def _as_spacing(spacing, where: str) -> tuple[float, float, float]:
+def as_spacing(spacing, where: str) -> tuple[float, float, float]:
+    """``spacing`` as three positive finite floats (sx, sy, sz) in mm; IdealInputError naming ``where`` otherwise."""
     sp = np.asarray(convert_data_type(spacing, np.ndarray)[0], dtype=np.float64).ravel()
     if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise IdealInputError(where, f"spacing must be three positive numbers (sx, sy, sz) in mm, got {spacing!r}")
     return tuple(float(s) for s in sp)
 
 
-def _check_class_names(class_names: Mapping[int, str]) -> dict[int, str]:
+def check_class_names(class_names: Mapping[int, str]) -> dict[int, str]:
+    """``class_names`` as ``{int label: str name}``; at least one class, every label value >= 1."""
     names = {int(k): str(v) for k, v in class_names.items()}
     if not names or min(names) < 1:
         raise IdealInputError("class_names", f"need at least one class with a label value >= 1, got {class_names!r}")
@@ -152,14 +152,14 @@ def compute_case_metrics(
     Raises:
         IdealInputError: on shape mismatch, labels outside the class range, or bad spacing.
     """
-    names = _check_class_names(class_names)
+    names = check_class_names(class_names)
     max_label = max(names)
     tag = case_id or "case"
-    pred = _as_label_volume(pred, f"{tag} prediction", max_label)
-    gt = _as_label_volume(gt, f"{tag} ground truth", max_label)
+    pred = as_label_volume(pred, f"{tag} prediction", max_label)
+    gt = as_label_volume(gt, f"{tag} ground truth", max_label)
     if pred.shape != gt.shape:
         raise IdealInputError(tag, f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
-    spacing = _as_spacing(spacing, f"{tag} spacing")
+    spacing = as_spacing(spacing, f"{tag} spacing")
 
     # One-hot (1, C, X, Y, Z): the layout MONAI's metric functions expect (batch, channel, spatial).
     pred_oh = one_hot(torch.from_numpy(pred)[None, None], num_classes=max_label + 1, dtype=torch.float32)
@@ -244,238 +244,3 @@ def summarize(rows: Sequence[Mapping]) -> dict:
             if r["status"] in FAILURE_STATUSES
         ],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Folder evaluation
-# ----------------------------------------------------------------------------------------------
-
-
-def _case_id_of(path: Path, postfixes: Sequence[str] = ()) -> str:
-    stem = _NIFTI_EXT.sub("", path.name)
-    for post in postfixes:
-        if stem.endswith(post) and len(stem) > len(post):
-            return stem[: -len(post)]
-    return stem
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    # Hidden names are skipped, as in discovery: e.g. the temporary of a write that was killed.
-    found = sorted(p for p in folder.rglob("*") if _NIFTI_EXT.search(p.name) and not p.name.startswith("."))
-    for p in found:
-        if not p.is_file():  # e.g. a folder named like a volume: refused, not silently left out
-            raise IdealInputError(p, "is a directory (or not a regular file), expected a NIfTI file")
-    return found
-
-
-def _pair_folders(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path, Path | None]]:
-    """Pair every prediction in ``pred_dir`` with its ground truth (and image) in ``gt_dir``.
-
-    A prediction ``<case>.nii.gz`` (or ``<case>_seg`` / ``<case>_pred``, in any subfolder) pairs
-    with ``<case>_gt.nii.gz`` anywhere under ``gt_dir`` (the ACDC layout, where the image
-    ``<case>.nii.gz`` sits beside it and is used for the overlays), else with ``<case>.nii.gz``
-    (a labels-only folder, no image).
-    """
-    if not pred_dir.is_dir():
-        raise IdealInputError(pred_dir, "prediction folder does not exist")
-    if not gt_dir.is_dir():
-        raise IdealInputError(gt_dir, "ground-truth folder does not exist")
-    preds: dict[str, Path] = {}
-    for p in _nifti_files(pred_dir):
-        if _case_id_of(p).endswith(_SIDE_OUTPUT_POSTFIXES):
-            continue
-        cid = _case_id_of(p, _PRED_POSTFIXES)
-        if cid in preds:
-            raise IdealInputError(p, f"second prediction for case {cid!r} (first: {preds[cid]})")
-        preds[cid] = p
-    if not preds:
-        raise IdealInputError(pred_dir, "no NIfTI predictions (*.nii, *.nii.gz) found")
-    by_name: dict[str, list[Path]] = {}
-    for p in _nifti_files(gt_dir):
-        by_name.setdefault(_case_id_of(p), []).append(p)
-
-    def unique(name: str) -> Path | None:
-        found = by_name.get(name, [])
-        if len(found) > 1:
-            raise IdealInputError(gt_dir, f"{len(found)} files named {name}.nii[.gz]: {[str(f) for f in found]}")
-        return found[0] if found else None
-
-    cases = []
-    missing = []
-    for cid, pred_path in sorted(preds.items()):
-        gt_path, image_path = unique(f"{cid}_gt"), None
-        if gt_path is not None:
-            image_path = unique(cid)
-        else:
-            gt_path = unique(cid)
-        if gt_path is None:
-            missing.append(cid)
-            continue
-        cases.append((cid, pred_path, gt_path, image_path))
-    if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        raise IdealInputError(
-            gt_dir, f"no ground truth ({{case}}_gt.nii.gz or {{case}}.nii.gz) for {len(missing)} prediction(s): {shown}"
-        )
-    return cases
-
-
-def _normalise_cases(cases) -> list[tuple[str, Path, Path, Path | None]]:
-    out = []
-    seen = set()
-    for i, item in enumerate(cases):
-        if not isinstance(item, (tuple, list)) or len(item) not in (3, 4):
-            raise IdealInputError(
-                f"cases[{i}]", f"expected (case_id, pred_path, gt_path[, image_path]), got {item!r}"
-            )
-        cid, pred_path, gt_path = str(item[0]), Path(item[1]), Path(item[2])
-        image_path = Path(item[3]) if len(item) == 4 and item[3] is not None else None
-        if cid in seen:
-            raise IdealInputError(f"cases[{i}]", f"duplicate case id {cid!r}")
-        seen.add(cid)
-        for p in (pred_path, gt_path) + ((image_path,) if image_path else ()):
-            if not p.is_file():
-                raise IdealInputError(p, "file does not exist")
-        out.append((cid, pred_path, gt_path, image_path))
-    if not out:
-        raise IdealInputError("cases", "empty list of cases")
-    return out
-
-
-def _max_corner_shift_mm(a: np.ndarray, b: np.ndarray, shape: Sequence[int]) -> float:
-    """Largest world-space distance (mm) between the volume's 8 corner voxels under two affines."""
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
-    corners = np.vstack([corners, np.ones(corners.shape[1])])
-    return float(np.linalg.norm((a @ corners)[:3] - (b @ corners)[:3], axis=0).max())
-
-
-def _load_nifti(path: Path):
-    import nibabel as nib
-
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        raise IdealInputError(path, "file is empty")
-    try:
-        return nib.load(str(path))
-    except Exception as e:  # nibabel raises several types for corrupt or non-NIfTI files
-        text = str(e).strip().splitlines()
-        raise IdealInputError(path, f"cannot read as NIfTI: {text[0][:160] if text else type(e).__name__}") from None
-
-
-def _read_data(img, path: Path) -> np.ndarray:
-    """The voxel array of a loaded NIfTI, refusing empty or oversized headers before reading and
-    turning read errors (truncated gzip, short data) into one-line errors naming ``path``."""
-    from ..data.io import _too_large
-
-    shape = tuple(int(v) for v in img.shape)
-    if not shape or min(shape) == 0:
-        raise IdealInputError(path, f"has a zero-length axis: shape {shape}")
-    if _too_large(shape):
-        raise IdealInputError(path, _too_large(shape))
-    try:
-        return np.asanyarray(img.dataobj)
-    except Exception as e:  # noqa: BLE001 - EOFError, zlib.error, OSError, MemoryError...
-        text = str(e).strip().splitlines()
-        raise IdealInputError(path, f"cannot be read (corrupt or truncated?): {text[0][:160] if text else type(e).__name__}") from None
-
-
-def _load_case(pred_path: Path, gt_path: Path, image_path: Path | None, max_label: int, affine_tol_mm: float):
-    """Load and cross-check one case; returns (pred, gt, spacing, image or None), arrays (X, Y, Z)."""
-    gt_img = _load_nifti(gt_path)
-    pred_img = _load_nifti(pred_path)
-    # asanyarray(dataobj) keeps the stored integer dtype (get_fdata would turn labels into floats).
-    gt = _as_label_volume(_read_data(gt_img, gt_path), str(gt_path), max_label)
-    pred_arr = _read_data(pred_img, pred_path)
-    if pred_arr.ndim == 4 and pred_arr.shape[3] == 1:  # a trailing singleton channel from some writers
-        pred_arr = pred_arr[..., 0]
-    pred = _as_label_volume(pred_arr, str(pred_path), max_label)
-    if pred.shape != gt.shape:
-        raise IdealInputError(pred_path, f"shape {pred.shape} differs from ground truth {gt_path} shape {gt.shape}")
-    shift = _max_corner_shift_mm(pred_img.affine, gt_img.affine, gt.shape)
-    if shift > affine_tol_mm:
-        raise IdealInputError(
-            pred_path,
-            f"affine differs from ground truth {gt_path} (voxel positions differ by up to {shift:.3g} mm, "
-            f"tolerance {affine_tol_mm} mm): the prediction is not on the ground-truth grid",
-        )
-    spacing = _as_spacing(gt_img.header.get_zooms()[:3], str(gt_path))
-    image = None
-    if image_path is not None:
-        try:
-            data = _read_data(_load_nifti(image_path), image_path)
-        except IdealInputError as e:  # the overlay background only: draw the labels without it
-            warnings.warn(f"overlay drawn without its image: {e}", stacklevel=2)
-            data = np.zeros((0,))
-        # The overlay is a convenience: an image on another grid is skipped, not an error.
-        if data.shape[:3] == gt.shape:
-            image = data[..., 0] if data.ndim == 4 else data
-            image = image.astype(np.float32) if image.ndim == 3 else None
-    return pred, gt, spacing, image
-
-
-def evaluate_folders(
-    pred_dir: str | os.PathLike | None,
-    gt_dir_or_cases,
-    output_dir: str | os.PathLike,
-    class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES,
-    overlays: bool = True,
-    max_overlays: int | None = None,
-    affine_tol_mm: float = 0.01,
-) -> dict:
-    """Score a folder of predicted label volumes against ground truth and write the report.
-
-    Args:
-        pred_dir: folder of predictions, searched recursively for ``*.nii[.gz]``; a file is named
-            like its image (``patient001_frame01.nii.gz``; a ``_seg`` or ``_pred`` postfix is
-            tolerated). Ignored when ``gt_dir_or_cases`` is a list.
-        gt_dir_or_cases: either a folder searched recursively for ``<case>_gt.nii.gz`` (the ACDC
-            layout; the image ``<case>.nii.gz`` beside it is used for overlays) or, failing that,
-            ``<case>.nii.gz`` (a labels folder); or a list of ``(case_id, pred_path, gt_path)``
-            or ``(case_id, pred_path, gt_path, image_path)``.
-        output_dir: where ``metrics.csv``, ``metrics.json``, ``report.md`` and ``overlays/*.png``
-            are written.
-        class_names: label value -> class name of the scored classes.
-        overlays: draw one overlay PNG per case (slices with foreground, GT vs prediction).
-        max_overlays: draw overlays only for this many cases, the lowest mean DSC first.
-        affine_tol_mm: how far (mm) a prediction's voxel grid may sit from the GT's.
-
-    Returns:
-        The :func:`summarize` dict (also written to ``metrics.json``). Spacing comes from the GT
-        header zooms; prediction and GT must agree in shape and affine.
-
-    Raises:
-        IdealInputError: on a missing/unpaired file, shape or affine mismatch, or bad labels.
-    """
-    from .overlays import save_overlay_png
-    from .report import write_report
-
-    names = _check_class_names(class_names)
-    if isinstance(gt_dir_or_cases, (str, os.PathLike)):
-        if pred_dir is None:
-            raise IdealInputError("pred_dir", "a prediction folder is needed when the ground truth is a folder")
-        cases = _pair_folders(Path(pred_dir), Path(gt_dir_or_cases))
-    else:
-        cases = _normalise_cases(gt_dir_or_cases)
-
-    output_dir = Path(output_dir)
-    rows: list[dict] = []
-    for cid, pred_path, gt_path, _ in cases:
-        pred, gt, spacing, _ = _load_case(pred_path, gt_path, None, max(names), affine_tol_mm)
-        rows.extend(compute_case_metrics(pred, gt, spacing, names, case_id=cid))
-    summary = summarize(rows)
-
-    overlay_paths: dict[str, Path] = {}
-    if overlays:
-        # Worst cases first, so a capped run still draws the ones worth looking at. The chosen cases
-        # are read again rather than all volumes kept in memory (100 ACDC volumes would be ~1 GB).
-        order = sorted(cases, key=lambda c: np.nan_to_num(summary["cases"][c[0]]["dsc_mean"], nan=-1.0))
-        chosen = order if max_overlays is None else order[: max(0, int(max_overlays))]
-        for cid, pred_path, gt_path, image_path in sorted(chosen, key=lambda c: c[0]):
-            pred, gt, spacing, image = _load_case(pred_path, gt_path, image_path, max(names), affine_tol_mm)
-            dsc = summary["cases"][cid]["dsc_mean"]
-            path = output_dir / "overlays" / f"{cid}.png"
-            save_overlay_png(
-                image, pred, gt, path, title=f"{cid}  mean DSC {dsc:.3f}", class_names=names, spacing=spacing
-            )
-            overlay_paths[cid] = path
-    write_report(rows, summary, output_dir, overlays=overlay_paths)
-    return summary

@@ -20,21 +20,15 @@ from monai.utils import convert_data_type
 
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_path
-from .metrics import DEFAULT_CLASS_NAMES
+from ..utils.classes import CLASS_COLOURS, FOREGROUND_NAMES
 
-__all__ = ["CLASS_COLOURS", "select_slices", "save_overlay_png"]
-
-#: Label value -> RGB colour; picked to stay distinct from each other and from grey MRI intensities.
-CLASS_COLOURS: dict[int, tuple[float, float, float]] = {
-    1: (0.10, 0.55, 1.00),  # RV: blue
-    2: (0.15, 0.85, 0.25),  # MYO: green
-    3: (1.00, 0.25, 0.20),  # LV: red
-}
+__all__ = ["select_slices", "save_overlay_png"]
 
 
 def _colour(label: int) -> tuple[float, float, float]:
     if label in CLASS_COLOURS:
         return CLASS_COLOURS[label]
+    # A class outside the table (evaluate_folders scores any class_names): a stable tab10 colour.
     from matplotlib import colormaps
 
     return tuple(colormaps["tab10"](label % 10)[:3])
@@ -102,7 +96,7 @@ def save_overlay_png(
     path: str | os.PathLike,
     num_slices: int = 3,
     title: str | None = None,
-    class_names: Mapping[int, str] = DEFAULT_CLASS_NAMES,
+    class_names: Mapping[int, str] = FOREGROUND_NAMES,
     spacing: Sequence[float] | None = None,
     crop_margin: int | None = 16,
     dpi: int = 100,

@@ -21,12 +21,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..errors import IdealInputError
+from ..utils.classes import CLASS_LABELS
 
 __all__ = ["ACDC_CLASSES", "MYOCARDIAL_DENSITY", "VolumeUnit", "volume_unit", "class_volumes", "volume_curves",
            "find_ed_es", "cardiac_indices", "INDEX_NAMES"]
 
 #: Label values of the ACDC convention used by this bundle: class name -> label value.
-ACDC_CLASSES: dict[str, int] = {"RV": 1, "MYO": 2, "LV": 3}
+ACDC_CLASSES: dict[str, int] = dict(CLASS_LABELS)
 
 #: g/mL, the usual myocardial tissue density.
 MYOCARDIAL_DENSITY = 1.05

@@ -33,6 +33,7 @@ from ..data.discovery import discover_cases
 from ..data.io import check_same_grid, load_volume, read_shape, strip_image_suffix
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_path, atomic_write_text
+from ..utils.classes import CLASS_COLOURS, CLASS_LABELS
 from .agreement import agreement_table, plot_agreement
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_unit)
@@ -284,8 +285,8 @@ def _plot_curves(entry: dict, path: Path) -> None:
         res = entry.get(kind)
         if not res:
             continue
-        for name, colour in (("LV", "C3"), ("RV", "C0")):
-            ax.plot(res["frames"], res["curves"][name], style, color=colour, marker="o", ms=3,
+        for name in ("LV", "RV"):
+            ax.plot(res["frames"], res["curves"][name], style, color=CLASS_COLOURS[CLASS_LABELS[name]], marker="o", ms=3,
                     label=f"{name} cavity ({'automatic' if kind == 'auto' else 'reference'})")
         if kind == "auto":
             for frame, tag in ((res["ed_frame"], "ED"), (res["es_frame"], "ES")):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +19,9 @@ from ignite.engine import Engine, Events
 
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_save_torch, remove_stale_temporaries
+from ..utils.weights import is_rank0, load_checkpoint_file, load_state_dict_checked, unwrap
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (or itself)."""
-    return module.module if hasattr(module, "module") and isinstance(
-        module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else module
-
-
-def _is_rank0() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True)`` with a one-line error for missing/corrupt files."""
-    path = Path(path)
-    if not path.is_file():
-        raise IdealInputError(path, "checkpoint file does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise IdealInputError(path, f"checkpoint is corrupt or truncated ({str(e).splitlines()[0][:100]})") from None
-    except Exception as e:  # weights_only refuses pickled code objects
-        raise IdealInputError(path, f"checkpoint cannot be loaded safely ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise IdealInputError(path, f"checkpoint holds a {type(obj).__name__}, expected a state dict")
-    return obj
-
-
-def load_state_dict_checked(module: torch.nn.Module, state: dict, path: str | os.PathLike, strict: bool = True) -> None:
-    """``module.load_state_dict(state)`` turning key/shape mismatches into a one-line error."""
-    try:
-        unwrap(module).load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0]
-        raise IdealInputError(path, f"checkpoint does not match the network: {detail[:200]}") from None
 
 
 class ModelSaver:
@@ -108,7 +72,7 @@ class ModelSaver:
 
     def save(self, engine: Engine | None = None, log_level: int = logging.INFO) -> None:
         """Write the weights; the periodic saves log at DEBUG so the console keeps one line per epoch."""
-        if not _is_rank0():
+        if not is_rank0():
             return
         state = {k: v.detach().cpu() for k, v in unwrap(self.network).state_dict().items()}
         iteration = engine.state.iteration if engine is not None else 0
@@ -149,7 +113,7 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def save(self, engine: Engine) -> None:
-        if not _is_rank0():
+        if not is_rank0():
             return
         state = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).state_dict()
                  for name, obj in self.save_dict.items()}
@@ -166,7 +130,7 @@ class TrainingCheckpoint:
         atomic_save_torch(state, self.path)
 
     def load(self, engine: Engine) -> None:
-        if _is_rank0():  # half-written temporaries of a run killed during a save
+        if is_rank0():  # half-written temporaries of a run killed during a save
             for p in remove_stale_temporaries(self.path.parent):
                 logger.info("removed %s, left by an interrupted save", p)
         if not (self.resume and self.path.exists()):

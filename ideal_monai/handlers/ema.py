@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..errors import IdealInputError
 from ..utils.atomic import atomic_save_torch
-from .checkpoint import _is_rank0, load_checkpoint_file, unwrap
+from ..utils.weights import is_rank0, load_checkpoint_file, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class WeightEMA:
         self.model.load_state_dict(state)
 
     def save(self, engine: Engine) -> None:
-        if self.state_path is None or not _is_rank0():
+        if self.state_path is None or not is_rank0():
             return
         state = {"ema": {k: v.detach().cpu() for k, v in self.state_dict().items()},
                  "iteration": int(engine.state.iteration)}
@@ -122,7 +122,7 @@ class WeightEMA:
             raise IdealInputError(self.state_path, f"does not match the network: {str(e).splitlines()[0][:120]}") from None
 
     def export(self, engine: Engine | None = None) -> None:
-        if self.export_path is None or not _is_rank0():
+        if self.export_path is None or not is_rank0():
             return
         atomic_save_torch({k: v.detach().cpu() for k, v in self.averaged_network.state_dict().items()}, self.export_path)
         logger.info("saved %s", self.export_path)

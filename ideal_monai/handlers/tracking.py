@@ -6,6 +6,8 @@ import os
 
 from ignite.engine import Engine, Events
 
+from ..utils.classes import CLASS_COLOURS
+
 
 class LearningRateLogger:
     """Put the optimizer's learning rate (first param group) in ``engine.state.metrics[tag]``.
@@ -89,16 +91,13 @@ class MLflowSupport:
                 h.artifacts = tuple(a for a in h.artifacts if a) + (self.path,)
 
 
-#: RGB colour of each foreground class in the overlays (1 RV, 2 MYO, 3 LV).
-OVERLAY_COLOURS = ((1.0, 0.2, 0.2), (0.2, 1.0, 0.2), (0.2, 0.4, 1.0))
-
-
 class ValidationOverlays:
     """Write a few prediction overlays to TensorBoard at every validation (attach to the evaluator).
 
     For the first ``num_images`` validation volumes, the short-axis slice with the most labeled
     foreground (the middle slice without a label) is drawn in grey with the predicted classes
-    blended in colour (red RV, green MYO, blue LV), next to the same slice with the reference
+    blended in the colours of :data:`~ideal_monai.utils.classes.CLASS_COLOURS` (as in the evaluation
+    overlays), next to the same slice with the reference
     label. Images go to ``tag`` as one ``(N, 3, H, 2W)`` batch, step = the trainer's epoch.
 
     Args:
@@ -127,7 +126,7 @@ class ValidationOverlays:
         import torch
 
         rgb = grey.expand(3, *grey.shape[-2:]).clone()
-        for c, colour in enumerate(OVERLAY_COLOURS, start=1):
+        for c, colour in CLASS_COLOURS.items():
             mask = classes == c
             for ch in range(3):
                 rgb[ch][mask] = (1 - self.alpha) * rgb[ch][mask] + self.alpha * colour[ch]

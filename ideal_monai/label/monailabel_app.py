@@ -17,6 +17,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import get_bundle_models, strtobool
 
+from ..utils.classes import FOREGROUND_NAMES
 from .scoring import SCORE_KEY, DisagreementScorer
 from .tasks import DisagreementScoring, DisagreementStrategy, IdealInferTask, IdealTrainTask
 
@@ -34,7 +35,7 @@ class IdealApp(MONAILabelApp):
         self._scorer = DisagreementScorer(self.models[al_model], device=conf.get("al_device")) if al_model else None
         super().__init__(app_dir=app_dir, studies=studies, conf=conf,
                          name=f"ideal-monai - MONAI Label ({monailabel.__version__})",
-                         description="IDEAL semi-supervised cardiac MRI segmentation (RV, MYO, LV)",
+                         description=f"IDEAL semi-supervised cardiac MRI segmentation ({', '.join(FOREGROUND_NAMES.values())})",
                          version=monailabel.__version__)
 
     def init_infers(self):

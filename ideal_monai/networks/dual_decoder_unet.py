@@ -25,6 +25,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from ..utils.classes import NUM_CLASSES
 from .decoders import UNetDecoder
 from .encoder import DEFAULT_ACT, DEFAULT_FEATURES, DEFAULT_NORM, UNetEncoder
 from .perturbations import build_perturbation
@@ -87,7 +88,7 @@ class DualDecoderUNet(nn.Module):
     Args:
         spatial_dims: 2 for the method.
         in_channels: image channels.
-        out_channels: classes (4: background, RV, MYO, LV).
+        out_channels: classes (:data:`~ideal_monai.utils.classes.NUM_CLASSES`: background, RV, MYO, LV).
         features: encoder/decoder widths, shallow to deep.
         num_streams: 2 for IDEAL, 1 for the plain U-Net baseline.
         perturbations: one entry per stream, each ``"noise"``, ``"dropout"``, ``"none"`` or a module
@@ -110,7 +111,7 @@ class DualDecoderUNet(nn.Module):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
-        out_channels: int = 4,
+        out_channels: int = NUM_CLASSES,
         features: Sequence[int] = DEFAULT_FEATURES,
         num_streams: int = 2,
         perturbations: Sequence[str | nn.Module | None] | None = None,

@@ -1,16 +1,65 @@
-"""Loading weights into networks: the pre-trained encoder, and trained models for inference."""
+"""Weights of networks: unwrapping DDP, reading checkpoint files safely, loading state dicts with
+one-line errors, and the loaders of the pre-trained encoder and of trained models for inference.
+
+The handlers that save checkpoints, the trainers and the inference all build on these, so they
+sit here, below them.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
+from pathlib import Path
 
 import torch
 
 from ..errors import IdealInputError
-from ..handlers.checkpoint import load_checkpoint_file, load_state_dict_checked
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["unwrap", "is_rank0", "load_checkpoint_file", "load_state_dict_checked", "encoder_state_from_checkpoint",
+           "init_from_pretrained", "load_model_weights"]
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or itself)."""
+    return module.module if hasattr(module, "module") and isinstance(
+        module, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else module
+
+
+def is_rank0() -> bool:
+    """True without a process group, or on rank 0 of it (the process that writes files).
+
+    Unlike :func:`ideal_monai.distributed.is_rank0` it never starts a process group.
+    """
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` with a one-line error for missing/corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise IdealInputError(path, "checkpoint file does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise IdealInputError(path, f"checkpoint is corrupt or truncated ({str(e).splitlines()[0][:100]})") from None
+    except Exception as e:  # weights_only refuses pickled code objects
+        raise IdealInputError(path, f"checkpoint cannot be loaded safely ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise IdealInputError(path, f"checkpoint holds a {type(obj).__name__}, expected a state dict")
+    return obj
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: dict, path: str | os.PathLike, strict: bool = True) -> None:
+    """``module.load_state_dict(state)`` (DDP unwrapped) turning key/shape mismatches into a one-line error."""
+    try:
+        unwrap(module).load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise IdealInputError(path, f"checkpoint does not match the network: {detail[:200]}") from None
 
 
 def encoder_state_from_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Validated volume I/O: load_volume, read_shape, check_same_grid, save_label_like."""
+"""Validated volume I/O: load_volume, read_array, voxel_spacing, read_shape, check_same_grid, save_label_like."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ideal_monai.data.io import check_same_grid, load_volume, read_shape, save_label_like
+from ideal_monai.data.io import check_same_grid, load_volume, read_array, read_shape, save_label_like, voxel_spacing
 from ideal_monai.errors import IdealInputError
 
 
@@ -139,6 +139,28 @@ def _sitk_image(arr_xyz: np.ndarray) -> sitk.Image:
     img.SetSpacing((1.3, 0.9, 6.0))
     img.SetOrigin((-12.5, 40.25, 7.75))
     return img
+
+
+def test_read_array_keeps_stored_dtype_and_values(tmp_path):
+    """read_array is the raw reader for callers with their own value rules (evaluation labels up to any class)."""
+    labels = np.zeros((6, 5, 3, 1), np.int16)
+    labels[1:3, 1:3, 1] = 7  # outside ACDC's 0..3: load_volume(is_label=True) refuses it, read_array does not
+    vol = read_array(save(tmp_path / "lab.nii.gz", labels, np.diag([1.5, 0.75, 6.0, 1.0])))
+    assert vol.shape == (6, 5, 3) and vol.dtype == torch.int16
+    np.testing.assert_array_equal(vol.numpy(), labels[..., 0])
+    np.testing.assert_allclose(np.asarray(vol.affine), np.diag([1.5, 0.75, 6.0, 1.0]))
+    with pytest.raises(IdealInputError, match="zero-length"):
+        read_array(save(tmp_path / "empty.nii.gz", np.zeros((4, 0, 3), np.uint8)))
+
+
+def test_voxel_spacing_from_nifti_header_and_from_itk_affine(tmp_path):
+    img = nib.Nifti1Image(image((6, 5, 3)), oblique_affine((1.3, 0.9, 6.0)))
+    nib.save(img, str(tmp_path / "img.nii.gz"))
+    expected = tuple(float(z) for z in nib.load(str(tmp_path / "img.nii.gz")).header.get_zooms())
+    assert voxel_spacing(read_array(tmp_path / "img.nii.gz")) == pytest.approx(expected)
+    assert voxel_spacing(load_volume(tmp_path / "img.nii.gz")) == pytest.approx((1.3, 0.9, 6.0), abs=1e-5)
+    sitk.WriteImage(_sitk_image(image((6, 5, 3)).astype(np.int16)), str(tmp_path / "img.mha"))
+    assert voxel_spacing(read_array(tmp_path / "img.mha")) == pytest.approx(_sitk_image(image((6, 5, 3))).GetSpacing())
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])

@@ -13,7 +13,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from ideal_monai.errors import IdealInputError
-from ideal_monai.evaluation.metrics import CONVENTION, compute_case_metrics, evaluate_folders, summarize
+from ideal_monai.evaluation import evaluate_folders
+from ideal_monai.evaluation.metrics import CONVENTION, compute_case_metrics, summarize
 
 ONE = {1: "RV"}
 
