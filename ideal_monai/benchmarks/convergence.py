@@ -99,9 +99,14 @@ def _clock(t0: float):
 
 
 def _extra_config(root: Path, handlers_key: str, handlers: list[dict]) -> Path:
+    """An extra config file appending ``handlers`` to the list ``handlers_key`` (``pretraining#handlers``)."""
+    return _write_extra(root, {f"+{handlers_key}": handlers})
+
+
+def _write_extra(root: Path, config: dict) -> Path:
     path = root / "convergence_handlers.json"
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({f"+{handlers_key}": handlers}, indent=1) + "\n")
+    path.write_text(json.dumps(config, indent=1) + "\n")
     return path
 
 
@@ -124,15 +129,9 @@ def _trained_iterations(root: Path) -> int:
     return int((_read_json(root / "training_clock.json") or {}).get("iteration") or 0)
 
 
-def _ema_handler_index() -> int:
-    """Position of :class:`~ideal_monai.handlers.WeightEMA` in ``train.json``'s ``train#handlers``."""
-    from ..bundle_runner import config_path
-
-    handlers = json.loads(config_path("finetune").read_text())["train"]["handlers"]
-    for i, h in enumerate(handlers):
-        if isinstance(h, dict) and h.get("_target_") == "ideal_monai.handlers.WeightEMA":
-            return i
-    raise IdealInputError(config_path("finetune"), "has no ideal_monai.handlers.WeightEMA in train#handlers")
+#: The averaged network of the ``finetune`` config's :class:`~ideal_monai.handlers.WeightEMA`, found by
+#: its type among the trainer's handlers (a list position would break when the list changes).
+EMA_NETWORK = "$next(h for h in @train#handlers if isinstance(h, ideal_monai.handlers.WeightEMA)).averaged_network"
 
 
 def _clock_handler(root: Path) -> dict:
@@ -175,8 +174,11 @@ def finetune(cfg: ConvergenceConfig, name: str, arm: str, labeled: int, encoder:
                                     "pretrain_iterations": pretrain_iterations})
     savers = [{"_target_": "ideal_monai.handlers.ModelSaver", "save_dir": "@ckpt_dir", "network": net,
                "filename": KINDS[kind], "when": "iterations", "every": cfg.eval_every}
-              for kind, net in (("final", "@network"), ("ema", f"$@train#handlers#{_ema_handler_index()}.averaged_network"))]
-    extra = _extra_config(root, "train#handlers", [*savers, _clock_handler(root)])
+              for kind, net in (("final", "@network"), ("ema", EMA_NETWORK))]
+    # Attached after the config's own handlers (the EMA update runs before its snapshot). They are not
+    # appended to train#handlers: the EMA saver refers to that list, which must not contain it.
+    extra = _write_extra(root, {"convergence_handlers": [*savers, _clock_handler(root)],
+                                "train#trainer#train_handlers": "$@train#handlers + @convergence_handlers"})
     points = []
     for end in range(cfg.eval_every, cfg.iterations + 1, cfg.eval_every):
         if _trained_iterations(root) < end:
@@ -221,9 +223,9 @@ def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, networ
 def run_convergence(cfg: ConvergenceConfig, command: str | None = None) -> dict:
     """Train, snapshot and evaluate every run of ``cfg``; write ``results.json``/``.md`` and the figure.
 
-    Several processes may share ``output_dir`` (e.g. one per arm, each with one thread: on 2 cores
-    that gives ~1.5x the throughput of one process with two threads) as long as they train different
-    runs: the results files are rebuilt from every run folder on disk each time.
+    Several processes may share ``output_dir`` (e.g. one per arm, each with one thread; what that gains:
+    docs/BENCHMARKS.md, section "Convergence curves") as long as they train different runs: the results
+    files are rebuilt from every run folder on disk each time.
     """
     t0 = time.perf_counter()
     log = _clock(t0)
