@@ -174,7 +174,7 @@ class Profile:
         return None if minutes is None else 60.0 * minutes
 
 
-#: 2-core CPU, all arms at 3 and 7 labeled within ~90 minutes: 128x128 patches at 2 mm in-plane
+#: A 2-core CPU, all arms at 3 and 7 labeled in one sitting: 128x128 patches at 2 mm in-plane
 #: (inference inverts the resampling), 10 min of pre-training once, 10 min of training per arm.
 #: No validation during training (final weights evaluated). Why these settings (SGD lr 0.05, 4
 #: unlabeled slices and a half-width D2 for the two-stream arms): docs/BENCHMARKS.md, sections

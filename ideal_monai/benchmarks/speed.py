@@ -63,7 +63,7 @@ METHOD = "docs/BENCHMARKS.md, section \"Step and inference speed\""
 
 @dataclasses.dataclass
 class SpeedConfig:
-    """Settings of one benchmark run (the defaults are the documented run, < ~10 min on 2 cores)."""
+    """Settings of one benchmark run (the defaults are the run documented in docs/BENCHMARKS.md)."""
 
     threads: int = 2
     benchmarks: Sequence[str] = BENCHMARKS
