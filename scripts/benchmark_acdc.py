@@ -4,7 +4,7 @@ Each arm trains with the same budget in its own bundle root under --output_dir, 
 split's validation patients (and --test_dir), and the table lands in <output_dir>/results.md + .json.
 See ideal_monai/benchmarks/acdc.py for what each stage runs, and docs/BENCHMARKS.md for results.
 
-    python scripts/benchmark_acdc.py --output_dir benchmark_acdc            # CPU profile, ~90 min on 2 cores
+    python scripts/benchmark_acdc.py --output_dir benchmark_acdc            # CPU profile (duration: docs/BENCHMARKS.md)
     python scripts/benchmark_acdc.py --output_dir benchmark_acdc --skip_existing   # resume after an interruption
     python scripts/benchmark_acdc.py --profile gpu --output_dir benchmark_acdc_gpu
     python scripts/benchmark_acdc.py --arms supervised ideal --labeled 3 --minutes_per_arm 5 \\

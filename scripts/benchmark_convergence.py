@@ -44,8 +44,8 @@ def main(argv=None) -> int:
                    help="only rebuild results.md / results.json / convergence.png from what --output_dir holds now "
                         "(e.g. while the study still runs)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's). Two processes of one thread each, on different "
-                        "--arms and the same --output_dir, make ~1.5x the steps of one two-thread process on 2 cores")
+                   help="torch.set_num_threads (default: torch's). Two processes of one thread each may share "
+                        "--output_dir on different --arms (docs/BENCHMARKS.md, section Convergence curves)")
     args = p.parse_args(argv)
     if args.report_only:
         from ideal_monai.benchmarks.convergence import write_results

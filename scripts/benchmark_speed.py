@@ -3,7 +3,7 @@
 All arms run in one process, interleaved, after warm-up; medians of the repetitions. See
 ``ideal_monai/benchmarks/speed.py`` for what exactly each arm runs, and docs/BENCHMARKS.md for results.
 
-    python scripts/benchmark_speed.py                                   # the documented run (~10 min, 2 cores)
+    python scripts/benchmark_speed.py                                   # the documented run (docs/BENCHMARKS.md)
     python scripts/benchmark_speed.py --patch 128 --reps 5 --output speed.md
     python scripts/benchmark_speed.py --omp_wait_policy PASSIVE           # no OpenMP spin-waiting (shared CPUs)
     python scripts/benchmark_speed.py --benchmarks inference --data_dir /path/to/acdc --weights models/model.pt

@@ -1,10 +1,15 @@
-"""Benchmarks of the IDEAL implementation (results go to ``docs/BENCHMARKS.md``).
+"""Benchmarks of the IDEAL implementation (method and results: ``docs/BENCHMARKS.md``).
 
-- :mod:`ideal_monai.benchmarks.speed`: training-step and inference speed of IDEAL against the
-  plain supervised U-Net of the same encoder (``scripts/benchmark_speed.py``).
-- :mod:`ideal_monai.benchmarks.acdc`, :mod:`~ideal_monai.benchmarks.memory`,
-  :mod:`~ideal_monai.benchmarks.scaling`: segmentation quality on ACDC, inference memory and
-  data-parallel scaling (imported on their own; see their scripts).
+- :mod:`~ideal_monai.benchmarks.bundle_config`: the one way they read the bundle (``ConfigParser``
+  over the bundle's configs, with overrides).
+- :mod:`~ideal_monai.benchmarks.speed`: training-step and inference speed of IDEAL against the plain
+  supervised U-Net of the same encoder (``scripts/benchmark_speed.py``).
+- :mod:`~ideal_monai.benchmarks.acdc`, :mod:`~ideal_monai.benchmarks.acdc_seeds`,
+  :mod:`~ideal_monai.benchmarks.convergence`: segmentation quality on ACDC, over seeds, and against
+  iterations; :mod:`~ideal_monai.benchmarks.memory`: inference memory over a folder;
+  :mod:`~ideal_monai.benchmarks.scaling`: data-parallel scaling; :mod:`~ideal_monai.benchmarks.dense_loss`:
+  the chunked dense loss against the full-matrix reference; :mod:`~ideal_monai.benchmarks.label_server`:
+  concurrent requests to a MONAI Label server (imported on their own; see their scripts).
 """
 
 from .speed import SpeedConfig, format_table, run_speed_benchmarks

@@ -27,19 +27,10 @@ under ``output_dir`` (so checkpoints never mix). Stages, each printed with the e
    counts) into ``<arm dir>/report`` (other eval sets: ``predictions_<set>``, ``report_<set>``).
 6. ``results.md`` + ``results.json`` in ``output_dir``: one row per arm x labeled count.
 
-**Equal budgets.** With a time budget (the ``cpu`` profile) every fine-tuning arm gets the same
-wall-clock training time: its iteration count is planned from the calibrated step time
-(``max_epochs * iterations_per_epoch``, so the poly learning-rate decay and the consistency
-ramp-up follow the planned length), and :class:`ideal_monai.handlers.time_budget.TimeBudget`,
-appended to the trainer's handlers through an extra config file (``+train#handlers``), stops a run
-that would still overrun. The one-stream supervised arm therefore runs more (cheaper) iterations
-than the two-stream arms. Pre-training is extra time for IDEAL only and is reported beside it.
-Without a budget (the ``gpu`` profile) every arm runs the same iteration count.
-
-**No model selection on the evaluated patients.** By default the *final* weights
-(``model_final.pt``) are evaluated and validation during training is switched off on CPU, so the
-validation patients, which are also the evaluated ones, never pick a checkpoint
-(``checkpoint="best"`` evaluates ``model.pt``, the best validation epoch, instead).
+How the arms get equal budgets (planned iterations plus a
+:class:`~ideal_monai.handlers.time_budget.TimeBudget` hard stop, appended to the trainer's handlers
+through an extra config file), why the final weights are evaluated, and how to read the tables:
+docs/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)".
 """
 
 from __future__ import annotations
@@ -102,9 +93,8 @@ BUDGET_FILL = 0.95
 #: Epoch length used when a budgeted stage has ``iterations_per_epoch`` unset.
 DEFAULT_EPOCH_LENGTH = 50
 
-#: Measured yardstick quoted in ``results.md`` (docs: METHOD.md section 6).
-CPU_YARDSTICK = ("CPU yardstick (plain MONAI UNet 16-256, 256x256, Dice+CE, Adam 1e-3, 12 min on 2 cores, supervised): "
-                 "validation mean DSC 0.378 (3 labeled) / 0.709 (7 labeled).")
+#: Where ``results.md`` sends its reader for the method, how to read the table, and the yardstick.
+METHOD = 'docs/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)"'
 
 
 def default_data_dir() -> Path:
@@ -184,22 +174,15 @@ class Profile:
         return None if minutes is None else 60.0 * minutes
 
 
-#: 2-core CPU, all arms at 3 and 7 labeled within ~90 minutes: 128x128 patches at 2 mm in-plane
-#: (ACDC here has 1 mm spacing, so half the resolution; inference inverts it), 10 min of
-#: pre-training once, 10 min of training per arm (~12 min per arm with calibration share,
-#: caching, inference and evaluation). No validation during training (final weights evaluated).
+#: A 2-core CPU, all arms at 3 and 7 labeled in one sitting: 128x128 patches at 2 mm in-plane
+#: (inference inverts the resampling), 10 min of pre-training once, 10 min of training per arm.
+#: No validation during training (final weights evaluated). Why these settings (SGD lr 0.05, 4
+#: unlabeled slices and a half-width D2 for the two-stream arms): docs/BENCHMARKS.md, sections
+#: "Fine-tuning learning rate on phantoms" and "How the CPU profile got here (what was tried)".
 CPU_PROFILE = Profile(
     name="cpu",
     shared={"patch_size": [128, 128], "target_spacing": [2.0, 2.0], "seed": 0},
     pretrain={"batch_size": 16, "iterations_per_epoch": 50},
-    # SGD lr 0.05 (not the 0.01 default): measured on phantoms, 0.01 is far from converged in a
-    # few hundred CPU iterations (val Dice 0.71 after 400 vs 0.81 after 240 at 0.05).
-    # 4 unlabeled slices and a half-width D2 (not 12 and full width): at a wall-clock budget the
-    # two-stream arms otherwise make 3.3x fewer steps than supervised-only and lose to it; with these
-    # they make 686 instead of 384 steps and IDEAL goes from 0.376 to 0.468 val DSC at 3 labeled
-    # (docs/BENCHMARKS.md). The supervised arm (one stream, no unlabeled data) is unaffected. With the
-    # configs' channels-last networks IDEAL makes ~880 steps: 0.530 (3 labeled) / 0.766 (7) against
-    # supervised-only's 0.357 / 0.761.
     finetune={"batch_size_labeled": 12, "batch_size_unlabeled": 4, "decoder_width": [1.0, 0.5],
               "iterations_per_epoch": 50, "val_interval": 10**6, "learning_rate": 0.05},
     inference={"sw_batch_size": 32},
@@ -223,7 +206,9 @@ PROFILES: dict[str, Profile] = {"cpu": CPU_PROFILE, "gpu": GPU_PROFILE}
 
 def config_keys(stage: str) -> set[str]:
     """Top-level keys of the bundle config of ``stage`` (``pretrain``, ``finetune``, ``inference``)."""
-    return set(json.loads(config_path(stage).read_text()))
+    from .bundle_config import config_keys as keys
+
+    return keys(stage)
 
 
 def parse_sets(pairs: Iterable[str]) -> dict[str, Any]:
@@ -605,11 +590,9 @@ def format_results(results: dict) -> str:
             lines.append(f"| {ARMS[run['arm']].title} | {run['labeled']} | {_num(m.get('RV'), 3)} | {_num(m.get('MYO'), 3)} "
                          f"| {_num(m.get('LV'), 3)} | {_num(m['dsc'], 3)} | {_num(m['hd95'], 2)} | {_num(m['asd'], 2)} "
                          f"| {m['failures']} | {minutes} | {iters} |")
-    lines += ["", "DSC per class and mean over the 3 classes and all volumes. HD95 and ASD in mm from the label "
-              "spacing (voxels on the ACDC copy in ../shared/data/acdc, whose spacing is 1), averaged over the "
-              "(volume, class) pairs where both masks are non-empty; *failures* counts the other pairs (a present "
-              "structure not predicted, or an absent one predicted), which score DSC 0. *iterations*: run within the "
-              "budget; `N of M*` = stopped by the time budget before the planned M.", "", CPU_YARDSTICK, ""]
+    lines += ["", "DSC, HD95 and ASD as evaluated by `evaluate_folders`; *iterations*: run within the budget; "
+              "`N of M*` = stopped by the time budget before the planned M. How to read the table, the method "
+              f"and the CPU yardstick: {METHOD}.", ""]
     return "\n".join(lines)
 
 

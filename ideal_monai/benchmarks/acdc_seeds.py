@@ -32,6 +32,9 @@ from .acdc import ARMS, _num
 #: The arm every other arm is compared with, volume by volume.
 REFERENCE_ARM = "supervised"
 
+#: Where the summary's columns and the reading of its test are explained; the summary links it.
+METHOD = 'docs/BENCHMARKS.md, section "Three seeds at 7 labeled, and the same number of steps"'
+
 
 def load_invocation(folder: str | Path) -> dict:
     """``results.json`` of one benchmark output folder, with its seed and folder added.
@@ -186,11 +189,5 @@ def format_seed_summary(summary: dict) -> str:
                       if "diff_mean" in r else "— | — | —")
             lines.append(f"| {r['title']} | {r['labeled']} | {len(r['seeds'])} | {per_seed} | {r['dsc_mean']:.3f} "
                          f"| {_num(r['dsc_sd'], 3)} | {paired} |")
-    lines += ["", "*mean DSC per seed*: the benchmark's mean over classes and volumes; *sd*: sample standard deviation "
-              "over seeds. *vs supervised*: each volume's DSC (mean over its scored classes) minus the supervised-only "
-              "arm's with the same seed and labeled count, averaged over seeds, then over volumes; *volumes better*: "
-              "volumes where that average is positive; *Wilcoxon p*: two-sided signed-rank test over the volumes "
-              "(volumes, not seeds, are the samples: it measures consistency across patients, not across training runs; "
-              "the ED and ES volumes of one patient are not independent, so read it as a guide).",
-              ""]
+    lines += ["", f"How to read the table: {METHOD}.", ""]
     return "\n".join(lines)

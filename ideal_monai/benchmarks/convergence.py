@@ -99,9 +99,14 @@ def _clock(t0: float):
 
 
 def _extra_config(root: Path, handlers_key: str, handlers: list[dict]) -> Path:
+    """An extra config file appending ``handlers`` to the list ``handlers_key`` (``pretraining#handlers``)."""
+    return _write_extra(root, {f"+{handlers_key}": handlers})
+
+
+def _write_extra(root: Path, config: dict) -> Path:
     path = root / "convergence_handlers.json"
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({f"+{handlers_key}": handlers}, indent=1) + "\n")
+    path.write_text(json.dumps(config, indent=1) + "\n")
     return path
 
 
@@ -219,9 +224,9 @@ def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, networ
 def run_convergence(cfg: ConvergenceConfig, command: str | None = None) -> dict:
     """Train, snapshot and evaluate every run of ``cfg``; write ``results.json``/``.md`` and the figure.
 
-    Several processes may share ``output_dir`` (e.g. one per arm, each with one thread: on 2 cores
-    that gives ~1.5x the throughput of one process with two threads) as long as they train different
-    runs: the results files are rebuilt from every run folder on disk each time.
+    Several processes may share ``output_dir`` (e.g. one per arm, each with one thread; what that gains:
+    docs/BENCHMARKS.md, section "Convergence curves") as long as they train different runs: the results
+    files are rebuilt from every run folder on disk each time.
     """
     t0 = time.perf_counter()
     log = _clock(t0)

@@ -8,7 +8,7 @@ so allocator reuse is not flattered), a small random ``model.pt``, and runs the 
 ``Invertd`` and atomic NIfTI writes as ``ideal-monai infer``) in a fresh process for each folder
 size (default 10 and 100 volumes). Each process reports:
 
-* its peak RSS (the kernel's high-water mark ``VmHWM``, ``ru_maxrss`` where /proc is absent);
+* its peak RSS (:func:`ideal_monai.utils.allocator.peak_rss`: the kernel's high-water mark);
 * the RSS after every case, from which the growth between case 10 and the last case is fitted
   (MiB per 100 cases).
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MemoryConfig", "write_volumes", "rss_mib", "peak_rss_mib", "measure_folder", "run_memory_benchmark",
-           "format_report"]
+__all__ = ["MemoryConfig", "write_volumes", "measure_folder", "run_memory_benchmark", "format_report"]
 
 
 @dataclass
@@ -53,31 +51,8 @@ class MemoryConfig:
     extra_env: dict = field(default_factory=dict)
 
 
-def status_kib(key: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``...), or None where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def rss_mib() -> float:
-    """Current resident set size in MiB (``VmRSS``; NaN where /proc is absent)."""
-    kib = status_kib("VmRSS")
-    return float("nan") if kib is None else kib / 1024
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (``VmHWM``, else ``ru_maxrss``)."""
-    kib = status_kib("VmHWM")
-    if kib is None:
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        if sys.platform == "darwin":  # bytes there
-            kib //= 1024
-    return kib / 1024
+def _mib(nbytes: int | None) -> float:
+    return float("nan") if nbytes is None else nbytes / 2**20
 
 
 def write_volumes(folder: str | os.PathLike, n: int, shape: Sequence[int] = (192, 192, 10), seed: int = 0) -> list[Path]:
@@ -126,22 +101,20 @@ def measure_folder(images: str | os.PathLike, bundle_root: str | os.PathLike, ou
     Returns ``{"n", "seconds", "rss_start_mib", "rss_after_case_mib": [...], "peak_rss_mib", "failures"}``.
     """
     from ignite.engine import Events
-    from monai.bundle import ConfigParser
 
-    from ..bundle_runner import config_path
+    from ..utils.allocator import current_rss, peak_rss
+    from .bundle_config import CPU, bundle_config
 
-    parser = ConfigParser()
-    parser.read_config(str(config_path("inference")))
-    parser.update({
-        "bundle_root": str(bundle_root), "dataset_dir": str(images), "output_dir": str(output_dir),
+    parser = bundle_config("inference", {
+        **CPU, "bundle_root": str(bundle_root), "dataset_dir": str(images), "output_dir": str(output_dir),
         "patch_size": [int(patch_size)] * 2, "features": list(features), "sw_batch_size": int(sw_batch_size),
-        "save_uncertainty": bool(save_uncertainty), "device": "$torch.device('cpu')", "handlers": [],
+        "save_uncertainty": bool(save_uncertainty), "handlers": [],
     })
     parser.get_parsed_content("initialize")
     evaluator = parser.get_parsed_content("evaluator")
     samples: list[float] = []
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: samples.append(rss_mib()))
-    start = rss_mib()
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: samples.append(_mib(current_rss())))
+    start = _mib(current_rss())
     t0 = time.perf_counter()
     evaluator.run()
     return {
@@ -149,7 +122,7 @@ def measure_folder(images: str | os.PathLike, bundle_root: str | os.PathLike, ou
         "seconds": time.perf_counter() - t0,
         "rss_start_mib": start,
         "rss_after_case_mib": samples,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": _mib(peak_rss()),
         "failures": [f["error"] for f in evaluator.state.failures],
     }
 

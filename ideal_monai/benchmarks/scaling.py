@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+from ..bundle_runner import bundle_dir, config_path
 
 
 def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, iterations: int, threads: int,
@@ -35,10 +35,10 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
         handlers_key: [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "max_step_times": 1000,
                         "log_path": "$os.path.join(@output_dir, 'timing_rank' + str(ideal_monai.distributed.rank()) + '.json')"}],
     }))
-    main = "pretrain.json" if run_id == "pretrain" else "train.json"
-    configs = [str(CONFIGS / main)]
+    configs_dir = bundle_dir() / "configs"
+    configs = [str(config_path(run_id))]
     if nproc > 1:
-        configs.append(str(CONFIGS / ("multi_gpu_pretrain.json" if run_id == "pretrain" else "multi_gpu_train.json")))
+        configs.append(str(configs_dir / ("multi_gpu_pretrain.json" if run_id == "pretrain" else "multi_gpu_train.json")))
     configs.append(str(timer))
     local = global_batch // nproc
     batch = ["--batch_size", str(local)] if run_id == "pretrain" else \
@@ -47,7 +47,7 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
     cmd = [*launcher, "-m", "monai.bundle", "run", run_id, "--config_file", str(configs),
-           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"),
+           "--meta_file", str(configs_dir / "metadata.json"), "--logging_file", str(configs_dir / "logging.conf"),
            "--bundle_root", str(out), "--dataset_dir", str(data), "--patch_size", f"[{patch}, {patch}]",
            "--max_epochs", "1", "--iterations_per_epoch", str(iterations), "--resume", "False", *batch, *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))

@@ -1,44 +1,19 @@
 """Training-step and inference speed of IDEAL against the plain supervised U-Net of the same encoder.
 
-Three comparisons, each an IDEAL arm against a baseline arm, all measured in one process so that the
-ratios are fair (same threads, same allocator state, same background load):
-
-1. **Pre-training step vs supervised step.** One real :class:`~ideal_monai.engines.PretrainTrainer`
-   iteration (``PretrainNetwork`` forward on the concatenated views, ``2B`` images; the dense local
-   contrastive loss in both directions on random correspondences with a fixed fraction valid;
-   backward; AdamW step) against one real :class:`~ideal_monai.engines.TwoStreamTrainer` iteration
-   with a one-stream ``DualDecoderUNet`` (the bundle's supervised baseline: the same encoder plus
-   decoder 1, DiceCE on ``B`` labeled slices, backward, SGD step).
-2. **Fine-tuning step vs supervised step.** One real ``TwoStreamTrainer`` iteration of the
-   two-stream network on ``B_l`` labeled + ``B_u`` unlabeled slices (DiceCE on the labeled ones for
-   both streams + bidirectional consistency on all, backward, SGD step) against the one-stream
-   trainer on ``B_l + B_u`` labeled slices.
-3. **Inference seconds per volume.** The bundle's inference path (components parsed from
-   ``bundle/configs/inference.json``): :meth:`SegmentationEvaluator.segment_case` = load ->
-   preprocessing -> ``SliceInferer`` with the two-stream ``DualDecoderUNet`` -> softmax -> ``Invertd``
-   -> argmax -> largest component -> atomic NIfTI write, against the same evaluator with the one-stream
-   network; and network-only: ``SliceInferer`` over the preprocessed volume with either network.
-
-The trainers' ``_iteration`` is called directly on an in-memory batch (no data loading, no
-handlers), so a step is exactly the engine's math. After warm-up the arms are interleaved unit by
-unit (a unit is a step, or a volume: A, B, then B, A, ...) and each reports the median over
-repetitions; the "paired ratio" (on which the targets are judged) is the median over units and
-repetitions of IDEAL / baseline time of the same unit run back to back, which cancels changes of the
-background load. Peak RSS is per arm, measured in the warm-up runs: the kernel's high-water mark,
-reset before each run via ``/proc/self/clear_refs`` after ``malloc_trim`` (where the reset is not
-possible the process-wide peak is reported instead).
-
-Slices and volumes are real ACDC data from ``../shared/data/acdc`` when present, otherwise
-synthetic phantoms (:func:`ideal_monai.data.synthetic.write_synthetic_dataset`); the report says which.
-Networks are randomly initialised unless ``weights`` is given (speed does not depend on the weights,
-except the largest-component clean-up, whose cost depends on how fragmented the prediction is).
+Four comparisons, each an IDEAL arm against a baseline arm, all measured in one process so that the
+ratios are fair: pre-training step, fine-tuning step, inference per volume, and the CPU profile's
+step at the configured precision against float32. The networks, optimizers, losses, trainers and
+inference components come from the bundle's own configs (:func:`~.bundle_config.bundle_config`);
+a trainer's ``_iteration`` is called on an in-memory batch (no data loading, no handlers), so a
+step is exactly the engine's math. What each arm runs and how the arms are timed (interleaving, the
+paired ratio, per-arm peak RSS): docs/BENCHMARKS.md, sections "Step and inference speed" and
+"Precision". Entry point: ``scripts/benchmark_speed.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import resource
@@ -65,19 +40,30 @@ __all__ = [
     "default_data_dir",
     "profile_step",
     "training_breakdown",
+    "time_per_call",
 ]
 
-from .acdc import REPO_ROOT, default_data_dir  # noqa: E402  (one definition of the data location)
-from .memory import status_kib  # noqa: E402
-from ..utils.allocator import retain_freed_memory  # noqa: E402
+from ..utils.allocator import (  # noqa: E402
+    current_rss,
+    malloc_trim,
+    peak_rss,
+    process_peak_rss,
+    reset_peak_rss,
+    retain_freed_memory,
+)
 from ..utils.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from .acdc import default_data_dir  # noqa: E402  (one definition of the data location)
+from .bundle_config import CPU, bundle_config  # noqa: E402
 
 BENCHMARKS = ("pretrain", "finetune", "inference", "precision")
+
+#: Where the method (arms, interleaving, paired ratio, peak RSS) is described; the report links it.
+METHOD = "docs/BENCHMARKS.md, section \"Step and inference speed\""
 
 
 @dataclasses.dataclass
 class SpeedConfig:
-    """Settings of one benchmark run (the defaults are the documented run, < ~10 min on 2 cores)."""
+    """Settings of one benchmark run (the defaults are the run documented in docs/BENCHMARKS.md)."""
 
     threads: int = 2
     benchmarks: Sequence[str] = BENCHMARKS
@@ -168,56 +154,6 @@ class Comparison:
 # measurement
 
 
-_PROCESS_PEAK = 0  #: highest peak RSS seen before any reset (resets also lower ``ru_maxrss``)
-
-
-def process_peak_rss() -> int:
-    """Peak RSS of the whole run so far, in bytes, across the per-arm resets."""
-    return max(_PROCESS_PEAK, _peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap memory back to the OS (glibc), so a comparison's peaks do not start from the
-    previous comparison's leftovers; a no-op elsewhere."""
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where not possible."""
-    global _PROCESS_PEAK
-    _PROCESS_PEAK = max(_PROCESS_PEAK, _peak_rss())
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    """Peak RSS in bytes since the last reset (``VmHWM``), else the process-wide ``ru_maxrss``."""
-    kib = status_kib("VmHWM")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _current_rss() -> int:
-    kib = status_kib("VmRSS")
-    return kib * 1024 if kib is not None else 0
-
-
 def _cpu_seconds() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
@@ -254,13 +190,13 @@ def measure_interleaved(arms: dict[str, Sequence[Callable[[], object]]], reps: i
     def run(name: str, u: int, trim: bool) -> tuple[float, float]:
         nonlocal per_arm_peak
         if trim:
-            _malloc_trim()
-        per_arm_peak &= _reset_peak_rss()
-        rss0 = _current_rss()
+            malloc_trim()
+        per_arm_peak &= reset_peak_rss()
+        rss0 = current_rss() or 0
         c0, t0 = _cpu_seconds(), time.perf_counter()
         arms[name][u]()
         dt, dc = time.perf_counter() - t0, _cpu_seconds() - c0
-        peak = _peak_rss()
+        peak = peak_rss()
         if trim or warmup == 0:
             stats[name].peak_rss = max(stats[name].peak_rss, peak)
             stats[name].peak_delta = max(stats[name].peak_delta, peak - rss0)
@@ -307,33 +243,33 @@ def profile_step(fn: Callable[[], object], row_limit: int = 15) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
 
 
-def _median_time(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def time_per_call(fn: Callable[[], object], number: int = 3) -> float:
+    """Seconds per call of ``fn``: ``torch.utils.benchmark.Timer.timeit`` (its warm-up calls, then
+    ``number`` timed calls in one block), at this process's thread count."""
+    from torch.utils.benchmark import Timer
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.timeit(number).median
 
 
-def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: int = 256, n_labeled: int = 12,
-                       n_unlabeled: int = 12, num_classes: int = 4, reps: int = 3,
-                       log: Callable[[str], None] | None = None) -> str:
+def training_breakdown(features: Sequence[int] | None = None, patch: int = 256, n_labeled: int = 12,
+                       n_unlabeled: int = 12, reps: int = 3, log: Callable[[str], None] | None = None) -> str:
     """Where the fine-tuning step's time goes: forward + backward of each component on its real input
-    size, and how often each appears in the two-stream step and in the one-stream baseline step.
+    size (:func:`time_per_call` over ``reps`` calls), and how often each appears in the two-stream
+    step and in the one-stream baseline step.
 
-    Returns a Markdown table with the per-component medians and the ratio they predict.
+    Networks (NCHW), optimizers and losses are the ``finetune`` config's (``features``: its default
+    when None). Returns a Markdown table with the per-component times and the ratio they predict.
     """
-    from monai.losses import DiceCELoss
-
-    from ..losses import BidirectionalConsistencyLoss
-    from ..networks import DualDecoderUNet, FeatureDropout, FeatureNoise
+    from ..networks import FeatureDropout, FeatureNoise
 
     n = n_labeled + n_unlabeled
     gen = torch.Generator().manual_seed(0)
-    net = DualDecoderUNet(features=features, out_channels=num_classes, num_streams=2).train()
-    base = DualDecoderUNet(features=features, out_channels=num_classes, num_streams=1).train()
+    extra = {} if features is None else {"features": list(features)}
+    parts = {s: _finetune_config(num_streams=s, channels_last=False, **extra) for s in (2, 1)}
+    net = parts[2].get_parsed_content("network").train()
+    base = parts[1].get_parsed_content("network").train()
+    num_classes = int(parts[2]["num_classes"])
     x = torch.rand(n, 1, patch, patch, generator=gen)
     with torch.no_grad():
         skips = [t.detach() for t in net.encoder(x)]
@@ -370,12 +306,12 @@ def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: 
     y = torch.randint(0, num_classes, (n, 1, patch, patch), generator=gen).to(torch.uint8)
     z1 = torch.randn(n, num_classes, patch, patch, generator=gen).requires_grad_()
     z2 = torch.randn(n, num_classes, patch, patch, generator=gen).requires_grad_()
-    dice_ce, bcr = DiceCELoss(to_onehot_y=True, softmax=True), BidirectionalConsistencyLoss()
+    dice_ce = parts[2].get_parsed_content("train#supervised_loss")
+    bcr = parts[2].get_parsed_content("train#consistency_loss")
     for m in (net, base):
         for prm in m.parameters():
             prm.grad = torch.randn_like(prm)
-    opt2 = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    opt1 = torch.optim.SGD(base.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    opt2, opt1 = (parts[s].get_parsed_content("train#optimizer") for s in (2, 1))
 
     # name, fn, times in the two-stream step, times in the one-stream step, counted in the totals
     comps = [
@@ -389,13 +325,13 @@ def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: 
         (f"DiceCE on {n_labeled} slices", lambda: dice_ce(z1[:n_labeled], y[:n_labeled]).backward(), 2, 0, True),
         (f"BCR loss on {n} slices", lambda: bcr(z1, z2).backward(), 1, 0, True),
         (f"DiceCE on {n} slices", lambda: dice_ce(z1, y).backward(), 0, 1, True),
-        ("SGD step, 2-stream parameters", opt2.step, 1, 0, True),
-        ("SGD step, 1-stream parameters", opt1.step, 0, 1, True),
+        (f"{type(opt2).__name__} step, 2-stream parameters", opt2.step, 1, 0, True),
+        (f"{type(opt1).__name__} step, 1-stream parameters", opt1.step, 0, 1, True),
     ]
     rows = ["| Component (forward + backward) | s | in 2-stream step | in 1-stream step |", "|---|---|---|---|"]
     tot2 = tot1 = 0.0
     for name, fn, c2, c1, counted in comps:
-        t = _median_time(fn, reps)
+        t = time_per_call(fn, reps)
         if log:
             log(f"  breakdown: {name.strip()}: {t:.3f}s")
         if counted:
@@ -410,23 +346,25 @@ def training_breakdown(features: Sequence[int] = (16, 32, 64, 128, 256), patch: 
 
 
 def _find_volumes(data_dir: Path, n: int) -> list[tuple[Path, Path | None]]:
-    """First ``n`` ACDC-style ED volumes (``patientXXX/patientXXX_frame01.nii.gz``) with their labels."""
-    out = []
-    for folder in sorted(p for p in data_dir.glob("patient*") if p.is_dir()):
-        images = sorted(folder.glob(f"{folder.name}_frame[0-9][0-9].nii.gz"))
-        if not images:
-            continue
-        image = images[0]
-        label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
-        out.append((image, label if label.exists() else None))
-        if len(out) == n:
-            break
-    return out
+    """The first case of each of the first ``n`` patients (ACDC: the ED frame) with its label, if any
+    (:func:`~ideal_monai.data.discover_cases`; cine files are not cases here). Fewer (or none) where
+    ``data_dir`` holds fewer."""
+    from ..data import discover_cases
+    from ..errors import IdealInputError
+
+    try:
+        cases = discover_cases(data_dir, include_cine=False)
+    except IdealInputError:  # missing or empty folder: the caller falls back to phantoms
+        return []
+    first = {}
+    for case in cases:
+        first.setdefault(case["patient_id"], case)
+    return [(c["image"], c.get("label")) for c in list(first.values())[:n]]
 
 
 def _prepare_data(cfg: SpeedConfig, workdir: Path, log) -> tuple[list[tuple[Path, Path | None]], str]:
     data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else default_data_dir()
-    volumes = _find_volumes(data_dir, cfg.num_volumes) if data_dir.is_dir() else []
+    volumes = _find_volumes(data_dir, cfg.num_volumes)
     if len(volumes) >= cfg.num_volumes:
         return volumes, f"real ACDC volumes from {data_dir} (first {len(volumes)} patients, ED frame)"
     from ..data.synthetic import write_synthetic_dataset
@@ -478,66 +416,55 @@ def _random_matches(b: int, h: int, w: int, valid_fraction: float, gen: torch.Ge
     return match.reshape(b, h, w)
 
 
-def _bundle_values(name: str) -> dict:
-    path = REPO_ROOT / "bundle" / "configs" / f"{name}.json"
-    with open(path) as f:
-        return json.load(f)
-
-
 # --------------------------------------------------------------------------------------------------
-# the three comparisons
+# the comparisons: trainers and networks from the bundle's configs
 
 
-def _memory_format(net: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
-    """``net`` in the memory order the bundle's ``channels_last`` key gives it."""
-    return net.to(memory_format=torch.channels_last) if channels_last else net
+def _finetune_config(num_streams: int, channels_last: bool, precision: str = "fp32", decoder_width=None,
+                     **overrides):
+    """The ``finetune`` config on the CPU, from scratch, with ``num_streams`` streams (the one-stream
+    network is the supervised baseline: the same encoder plus decoder 1)."""
+    extra = {} if decoder_width is None else {"decoder_width": list(decoder_width)}
+    return bundle_config("finetune", {**CPU, "use_pretrained": False, "num_streams": num_streams,
+                                      "channels_last": channels_last, "precision": precision, **extra, **overrides})
 
 
-def _supervised_trainer(slices, labels, features, num_classes, train_cfg, num_streams=1, unlabeled=None,
-                        channels_last=True, precision="fp32", decoder_width=None):
-    """A real TwoStreamTrainer (bundle losses/optimizer) and its one in-memory batch."""
-    from monai.losses import DiceCELoss
+def _one_step(trainer_id: str, batch: dict, unlabeled: dict | None = None) -> dict:
+    """Overrides of a config's trainer (``train#trainer``, ``pretraining#trainer``) that make it a
+    trainer of one in-memory batch: no data loaders, no handlers (so no validation, checkpoints or
+    logging)."""
+    overrides = {f"{trainer_id}#max_epochs": 1, f"{trainer_id}#epoch_length": None,
+                 f"{trainer_id}#train_data_loader": [batch], f"{trainer_id}#train_handlers": []}
+    if trainer_id == "train#trainer":
+        # lambda's value (the config's ramp-up schedule needs the data loader) does not change the cost
+        overrides.update({f"{trainer_id}#unlabeled_data_loader": None if unlabeled is None else [unlabeled],
+                          f"{trainer_id}#consistency_weight": "$float(@lambda_max)"})
+    return overrides
 
-    from ..engines import TwoStreamTrainer
-    from ..losses import BidirectionalConsistencyLoss
-    from ..networks import DualDecoderUNet
 
-    net = _memory_format(DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=num_classes, features=features,
-                                         num_streams=num_streams, decoder_width=decoder_width), channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=float(train_cfg.get("learning_rate", 0.01)),
-                          momentum=float(train_cfg.get("momentum", 0.9)),
-                          weight_decay=float(train_cfg.get("weight_decay", 1e-4)))
+def _supervised_trainer(slices, labels, num_streams=1, unlabeled=None, channels_last=True, precision="fp32",
+                        decoder_width=None, features=None):
+    """The ``finetune`` config's :class:`~ideal_monai.engines.TwoStreamTrainer` (its network, optimizer
+    and losses) on one in-memory batch; returns a function running one step, and the trainer."""
     batch = {"image": slices, "label": labels}
-    trainer = TwoStreamTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net, optimizer=opt,
-        unlabeled_data_loader=None if unlabeled is None else [{"image": unlabeled}],
-        supervised_loss=DiceCELoss(to_onehot_y=True, softmax=True),
-        consistency_loss=BidirectionalConsistencyLoss(confidence_threshold=train_cfg.get("confidence_threshold")),
-        consistency_weight=float(train_cfg.get("lambda_max", 1.0)),  # lambda's value does not change the cost
-        precision=precision,
-    )
-    return (lambda: trainer._iteration(trainer, batch)), net
+    extra = {} if features is None else {"features": list(features)}
+    parser = _finetune_config(num_streams, channels_last, precision, decoder_width, **extra,
+                              **_one_step("train#trainer", batch, None if unlabeled is None else {"image": unlabeled}))
+    trainer = parser.get_parsed_content("train#trainer")
+    return (lambda: trainer._iteration(trainer, batch)), trainer
 
 
 def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
-    from ..engines import PretrainTrainer
-    from ..losses import DenseLocalContrastiveLoss
-    from ..networks import PretrainNetwork
-
-    pre_cfg, train_cfg = _bundle_values("pretrain"), _bundle_values("train")
-    features = tuple(pre_cfg.get("features", (16, 32, 64, 128, 256)))
     b, p = cfg.batch_size, cfg.patch
     gen = torch.Generator().manual_seed(cfg.seed)
     view_q = _take(slices, b)
     # a second view of the same slices: flipped, brighter, noisier (content does not change the cost)
     view_k = (view_q.flip(-1) * 1.1 + 0.05 * torch.randn(view_q.shape, generator=gen)).clamp_(0, 1)
-    net = PretrainNetwork(encoder={"spatial_dims": 2, "in_channels": 1, "features": features},
-                          dense_levels=tuple(pre_cfg.get("dense_levels", (-1,))),
-                          dense_head_kwargs={"out_channels": int(pre_cfg.get("projection_channels", 128)),
-                                             "num_layers": int(pre_cfg.get("head_layers", 2))})
-    net = _memory_format(net, cfg.channels_last)
-    strides = net.dense_strides()
     batch = {"view_q": view_q, "view_k": view_k}
+    parser = bundle_config("pretrain", {**CPU, "channels_last": cfg.channels_last, "precision": cfg.precision,
+                                        **_one_step("pretraining#trainer", batch)})
+    strides = parser.get_parsed_content("pretraining#dense_strides")
+    trainer = parser.get_parsed_content("pretraining#trainer")
     cells = 0
     valid = 0
     for s in strides:
@@ -547,15 +474,9 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
             batch[f"match_{key}{suffix}"] = m
             cells += m.numel()
             valid += int((m >= 0).sum())
-    opt = torch.optim.AdamW(net.parameters(), lr=float(pre_cfg.get("learning_rate", 1e-3)),
-                            weight_decay=float(pre_cfg.get("weight_decay", 1e-4)))
-    trainer = PretrainTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=net,
-                              optimizer=opt, dense_loss=DenseLocalContrastiveLoss(float(pre_cfg.get("temperature", 0.1))),
-                              precision=cfg.precision)
     pretrain_step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
-    sup_step, _ = _supervised_trainer(_take(slices, b), _take(labels, b), features,
-                                      int(train_cfg.get("num_classes", 4)), train_cfg, channels_last=cfg.channels_last,
-                                      precision=cfg.precision)
+    sup_step, sup = _supervised_trainer(_take(slices, b), _take(labels, b), channels_last=cfg.channels_last,
+                                        precision=cfg.precision, features=parser["features"])
     log(f"[1/4] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
         f"vs supervised step ({b} slices)")
     arms = {"pretrain": [pretrain_step], f"supervised_{b}": [sup_step]}
@@ -563,29 +484,27 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     comp = Comparison(f"Pre-training step vs supervised step (B={b}, {p}x{p})", stats["pretrain"],
                       stats[f"supervised_{b}"], 1.3,
                       note=f"IDEAL: PretrainTrainer iteration, 2x{b} images, dense loss both ways, "
-                           f"{100 * valid / cells:.0f}% of cells matched, AdamW; baseline: TwoStreamTrainer, "
-                           f"1 stream, DiceCE on {b}, SGD")
+                           f"{100 * valid / cells:.0f}% of cells matched, {type(trainer.optimizer).__name__}; "
+                           f"baseline: TwoStreamTrainer, 1 stream, DiceCE on {b}, {type(sup.optimizer).__name__}")
     return comp, {"arms": arms, "per_arm_peak": per_arm}
 
 
 def _finetune_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
-    train_cfg = _bundle_values("train")
-    features = tuple(train_cfg.get("features", (16, 32, 64, 128, 256)))
-    nc = int(train_cfg.get("num_classes", 4))
     bl, bu, p = cfg.batch_labeled, cfg.batch_unlabeled, cfg.patch
     x_l, y_l = _take(slices, bl), _take(labels, bl)
     x_u = _take(slices, bu, start=bl)
-    ideal_step, _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u,
-                                        channels_last=cfg.channels_last, precision=cfg.precision)
-    sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), features, nc, train_cfg,
-                                      channels_last=cfg.channels_last, precision=cfg.precision)
+    ideal_step, ideal = _supervised_trainer(x_l, y_l, num_streams=2, unlabeled=x_u, channels_last=cfg.channels_last,
+                                            precision=cfg.precision)
+    sup_step, _ = _supervised_trainer(_take(slices, bl + bu), _take(labels, bl + bu), channels_last=cfg.channels_last,
+                                      precision=cfg.precision)
     log(f"[2/4] fine-tuning step ({bl}+{bu} slices, 2 streams) vs supervised step ({bl + bu} slices, 1 stream)")
     arms = {"finetune": [ideal_step], f"supervised_{bl + bu}": [sup_step]}
     stats, per_arm = measure_interleaved(arms, cfg.reps, cfg.warmup, log, cfg.budget_s, cfg.max_reps)
+    opt = type(ideal.optimizer).__name__
     comp = Comparison(f"Fine-tuning step vs supervised step ({bl}+{bu} slices, {p}x{p})", stats["finetune"],
                       stats[f"supervised_{bl + bu}"], 1.4,
                       note=f"IDEAL: TwoStreamTrainer iteration, 2 streams, DiceCE on {bl} x 2 streams + BCR on "
-                           f"{bl + bu}, SGD; baseline: TwoStreamTrainer, 1 stream, DiceCE on {bl + bu}, SGD")
+                           f"{bl + bu}, {opt}; baseline: TwoStreamTrainer, 1 stream, DiceCE on {bl + bu}, {opt}")
     return comp, {"arms": arms, "per_arm_peak": per_arm}
 
 
@@ -598,9 +517,6 @@ def _precision_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     """The CPU profile's two-stream step at ``cfg.precision`` against the same step in float32."""
     from ..utils.precision import resolve_precision
 
-    train_cfg = _bundle_values("train")
-    features = tuple(train_cfg.get("features", (16, 32, 64, 128, 256)))
-    nc = int(train_cfg.get("num_classes", 4))
     p, bl, bu = CPU_PROFILE_STEP["patch"], CPU_PROFILE_STEP["batch_labeled"], CPU_PROFILE_STEP["batch_unlabeled"]
     small = torch.nn.functional.interpolate(slices, size=(p, p), mode="bilinear", align_corners=False)
     small_labels = torch.nn.functional.interpolate(labels.float(), size=(p, p), mode="nearest").long()
@@ -608,7 +524,7 @@ def _precision_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
     resolved = resolve_precision(cfg.precision, "cpu")
     steps = {}
     for name, precision in (("profile_" + resolved, resolved), ("profile_fp32", "fp32")):
-        steps[name], _ = _supervised_trainer(x_l, y_l, features, nc, train_cfg, num_streams=2, unlabeled=x_u,
+        steps[name], _ = _supervised_trainer(x_l, y_l, num_streams=2, unlabeled=x_u,
                                              channels_last=cfg.channels_last, precision=precision,
                                              decoder_width=CPU_PROFILE_STEP["decoder_width"])
     log(f"[4/4] CPU-profile fine-tuning step ({bl}+{bu} slices, {p}x{p}, half-width D2): {resolved} vs fp32")
@@ -622,30 +538,24 @@ def _precision_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
 
 
 def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison], dict]:
-    from monai.bundle import ConfigParser
-
     from ..inference import SegmentationEvaluator
-    from ..networks import DualDecoderUNet
     from ..utils import load_model_weights
 
-    parser = ConfigParser()
-    parser.read_config(str(REPO_ROOT / "bundle" / "configs" / "inference.json"))
-    parser["patch_size"] = [cfg.patch, cfg.patch]
-    parser["precision"] = cfg.precision
+    overrides = {**CPU, "patch_size": [cfg.patch, cfg.patch], "precision": cfg.precision,
+                 "channels_last": cfg.channels_last}
     if cfg.sw_batch_size is not None:
-        parser["sw_batch_size"] = int(cfg.sw_batch_size)
+        overrides["sw_batch_size"] = int(cfg.sw_batch_size)
+    parser = bundle_config("inference", overrides)
     preprocessing = parser.get_parsed_content("preprocessing")
     inferer = parser.get_parsed_content("inferer")
     postprocessing = parser.get_parsed_content("postprocessing")  # its Invertd holds the same preprocessing
-    features = tuple(parser["features"])
-    nc = int(parser["num_classes"])
 
     nets = {}
     for s in (2, 1):
-        net = DualDecoderUNet(spatial_dims=2, in_channels=1, out_channels=nc, features=features, num_streams=s)
+        net = bundle_config("inference", {**overrides, "num_streams": s}).get_parsed_content("network_def")
         if cfg.weights is not None:
             net = load_model_weights(net, cfg.weights, strict=s == 2)  # 1 stream: decoder2.* is unused
-        nets[s] = _memory_format(net, cfg.channels_last).eval()
+        nets[s] = (net.to(memory_format=torch.channels_last) if cfg.channels_last else net).eval()
     evaluators = {
         s: SegmentationEvaluator(device=torch.device("cpu"), val_data_loader=[], network=nets[s],
                                  preprocessing=preprocessing, inferer=inferer, postprocessing=postprocessing,
@@ -785,18 +695,13 @@ def format_report(result: dict) -> str:
         f"- Command: `{result['command']}`",
         f"- Data: {result['data']}.",
         f"- Repetitions: {cfg.warmup} warm-up + at least {cfg.reps} timed per arm (more while a comparison stays "
-        f"within {cfg.budget_s:g} s, at most {cfg.max_reps}); arms interleaved unit by unit (a unit is one step, "
-        f"or one volume), A,B then B,A; ratio of medians = median IDEAL time / median baseline time per repetition; "
-        f"paired ratio = median over all units and repetitions of IDEAL / baseline time of the same unit, run "
-        f"back to back (robust to load changes; the targets are judged on it); CPU-time ratio = ratio of the "
-        f"median process CPU seconds (less sensitive than wall time to waiting for a core).",
+        f"within {cfg.budget_s:g} s, at most {cfg.max_reps}), arms interleaved unit by unit; the targets are judged "
+        f"on the paired ratio. Method: {METHOD}.",
         f"- Load average (1/5/15 min) before: {la0[0]:.2f} / {la0[1]:.2f} / {la0[2]:.2f}, "
         f"after: {la1[0]:.2f} / {la1[1]:.2f} / {la1[2]:.2f} (1 min, {during}) on {env['logical_cpus']} logical CPUs.",
         f"- Process peak RSS: {_mib(result['process_peak_rss'])} MiB"
         + ("" if result["per_arm_peak"] else " (per-arm peaks could not be reset: they are process-wide marks)")
-        + ". Per-arm peaks are measured in the warm-up runs, with freed heap returned to the OS "
-          "(`malloc_trim`) before each: absolute (including what the process already holds: data, models, "
-          "other arms' networks) and, in brackets, the increase over the RSS right before the run.",
+        + ". Per-arm peaks: from the warm-up runs, absolute and (in brackets) the run's own increase; see the method.",
         "",
         "Per-arm wall times, s per repetition (CPU seconds of the process in brackets):",
         "",
@@ -869,9 +774,9 @@ def run_speed_benchmarks(cfg: SpeedConfig, command: str | None = None,
                 if name == "finetune":
                     log("fine-tuning step breakdown by component")
                     profiles[f"Fine-tuning step by component ({cfg.batch_labeled}+{cfg.batch_unlabeled} slices, "
-                             f"{cfg.patch}x{cfg.patch}; medians of 3, not interleaved)"] = training_breakdown(
-                        tuple(_bundle_values("train").get("features", (16, 32, 64, 128, 256))), cfg.patch,
-                        cfg.batch_labeled, cfg.batch_unlabeled, log=log)
+                             f"{cfg.patch}x{cfg.patch}; torch.utils.benchmark.Timer.timeit of 3 calls, not "
+                             "interleaved)"] = training_breakdown(None, cfg.patch, cfg.batch_labeled,
+                                                                  cfg.batch_unlabeled, log=log)
             del extra  # free the networks, optimizers and batches before the next comparison
     result = {
         "config": cfg,

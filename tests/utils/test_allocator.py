@@ -48,3 +48,31 @@ def test_disabled_is_a_no_op():
     from ideal_monai.utils import retain_freed_memory
 
     assert retain_freed_memory(False) is False
+
+
+# The resident-set helpers, in a fresh process (glibc's default allocator, so a freed 256 MiB buffer
+# is unmapped): the peak sees the buffer, a reset after freeing it lowers the peak, and the
+# process-wide peak keeps it.
+RSS_PROBE = r"""
+import numpy as np
+from ideal_monai.utils.allocator import current_rss, malloc_trim, peak_rss, process_peak_rss, reset_peak_rss
+before = current_rss()
+buf = np.ones(256 * 2**20, dtype=np.uint8)
+during = current_rss()
+del buf
+malloc_trim()
+peak = peak_rss()
+reset = reset_peak_rss()
+print(before, during, peak, reset, peak_rss(), process_peak_rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status and clear_refs")
+def test_rss_helpers_read_reset_and_keep_the_peak():
+    out = subprocess.run([sys.executable, "-c", RSS_PROBE], capture_output=True, text=True, check=True).stdout.split()
+    before, during, peak, reset, after_reset, process_peak = int(out[0]), int(out[1]), int(out[2]), out[3], int(out[4]), int(out[5])
+    mib = 2**20
+    # the kernel's RSS counters are cached per CPU: the two reads may differ by a few pages
+    assert during - before > 250 * mib and peak > during - mib
+    assert reset == "True" and after_reset < peak - 200 * mib
+    assert process_peak >= peak

@@ -1,9 +1,10 @@
 """Latency of concurrent inference requests against a running MONAI Label server.
 
-    python -m ideal_monai.label.bench --url http://127.0.0.1:8000 --model ideal --requests 20
+    python -m ideal_monai.benchmarks.label_server --url http://127.0.0.1:8000 --model ideal --requests 20
 
 Sends ``--requests`` inference requests at once (one thread each, images taken round-robin from
 the datastore) and prints wall time, median / max latency and the number of failures as JSON.
+Setup and results: docs/BENCHMARKS.md, section "MONAI Label: 20 concurrent inference requests".
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import time
 import urllib.parse
 import urllib.request
 
+__all__ = ["infer_once", "concurrent_inference", "main"]
+
 
 def infer_once(url: str, model: str, image_id: str, device: str = "cpu") -> float:
+    """Seconds for one ``POST /infer/<model>?image=<id>&output=image`` until its whole answer is read."""
     boundary = "idealmonaibench"
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n'
             f'{json.dumps({"device": device})}\r\n--{boundary}--\r\n').encode()
@@ -32,6 +36,7 @@ def infer_once(url: str, model: str, image_id: str, device: str = "cpu") -> floa
 
 
 def concurrent_inference(url: str, model: str = "ideal", requests: int = 20, device: str = "cpu") -> dict:
+    """One warm-up request, then ``requests`` at once; wall time, latency median / max, failures."""
     with urllib.request.urlopen(f"{url}/datastore/?output=all", timeout=60) as r:
         ids = sorted(json.loads(r.read())["objects"])
     infer_once(url, model, ids[0], device)  # warm-up (model load, first write)
@@ -51,13 +56,13 @@ def concurrent_inference(url: str, model: str = "ideal", requests: int = 20, dev
             "per_request_s": round(wall / requests, 3)}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
     ap.add_argument("--model", default="ideal")
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     print(json.dumps(concurrent_inference(a.url, a.model, a.requests, a.device)))
 
 
