@@ -64,22 +64,26 @@ def export_bundle(output_dir: str | os.PathLike, model_path: str | os.PathLike |
         ``output_dir`` as a path.
 
     Raises:
-        IdealInputError: ``output_dir`` is a file or a non-empty folder, or the weights are missing or
-            do not fit the network (nothing is written).
+        IdealInputError: ``output_dir`` is a file or a non-empty folder, the bundle folder lacks a
+            part, or the weights are missing or do not fit the network (nothing is written).
         OutputError: ``output_dir``'s parent cannot be written.
     """
     out = Path(output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise IdealInputError(out, "output folder exists and is not empty; choose a new --output_dir")
     src = bundle_dir()
+    missing = [part for part in BUNDLE_PARTS if not (src / part).exists()]
+    if missing:
+        raise IdealInputError(src, f"bundle folder lacks {', '.join(missing)}")
     model_file = _model_file(model_path) if model_path is not None else None
     if model_file is not None:
         _check_weights(src, model_file)
+    target = Path(os.path.abspath(out))  # "." or "name" have no usable parent/rmdir of their own
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as e:
-        raise OutputError(out.parent, f"cannot write into this folder: {e.strerror or e}") from e
+        raise OutputError(target.parent, f"cannot write into this folder: {e.strerror or e}") from e
     try:
         for part in BUNDLE_PARTS:
             if (src / part).is_dir():
@@ -90,9 +94,9 @@ def export_bundle(output_dir: str | os.PathLike, model_path: str | os.PathLike |
             (tmp / "models").mkdir()
             shutil.copyfile(model_file, tmp / "models" / MODEL_NAME)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes a 0700 folder; give it a plain mkdir's mode
-        if out.is_dir():
-            out.rmdir()  # the empty folder the user made for it
-        os.rename(tmp, out)
+        if target.is_dir():
+            target.rmdir()  # the empty folder the user made for it
+        os.rename(tmp, target)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):

@@ -103,3 +103,20 @@ def test_unwritable_parent_is_one_line_error(tmp_path, capsys):
         assert str(parent) in _fails(capsys, "--output_dir", str(parent / "out"))
     finally:
         parent.chmod(0o700)
+
+
+def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    export_bundle(".")
+    assert {"LICENSE", "configs", "docs"} == {p.name for p in here.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_incomplete_bundle_folder_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "partial" / "configs").mkdir(parents=True)
+    monkeypatch.setenv("IDEAL_MONAI_BUNDLE", str(tmp_path / "partial"))
+    err = _fails(capsys, "--output_dir", str(tmp_path / "out"))
+    assert str(tmp_path / "partial") in err and "lacks docs, LICENSE" in err
+    assert not (tmp_path / "out").exists()
