@@ -78,7 +78,7 @@ def export_bundle(output_dir: str | os.PathLike, model_path: str | os.PathLike |
     model_file = _model_file(model_path) if model_path is not None else None
     if model_file is not None:
         _check_weights(src, model_file)
-    target = Path(os.path.abspath(out))  # "." or "name" have no usable parent/rmdir of their own
+    target = Path(os.path.abspath(out))  # Path(".").parent is "." itself, and "." cannot be rmdir'ed
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -106,6 +106,7 @@ def export_bundle(output_dir: str | os.PathLike, model_path: str | os.PathLike |
 
 
 def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
     umask = os.umask(0)
     os.umask(umask)
     return umask
