@@ -22,12 +22,23 @@ RUN_CONFIGS = {
 
 
 def bundle_dir() -> Path:
-    """The bundle folder: ``$IDEAL_MONAI_BUNDLE`` if set, else ``bundle/`` beside the package."""
+    """The bundle folder (``configs/``, ``docs/``, ``LICENSE``).
+
+    ``$IDEAL_MONAI_BUNDLE`` if set; else ``bundle_files/`` inside the package, which the wheel build
+    copies from the repository's ``bundle/`` (see ``setup.py``); else ``bundle/`` beside the package,
+    in a checkout or an editable install.
+    """
     env = os.environ.get("IDEAL_MONAI_BUNDLE")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "bundle"
+    if env:
+        path = Path(env)
+    else:
+        package = Path(__file__).resolve().parent
+        path = package / "bundle_files"
+        if not path.is_dir():
+            path = package.parent / "bundle"
     if not (path / "configs").is_dir():
-        raise IdealInputError(path, "bundle folder with configs/ not found (install from a checkout with 'pip install -e .', "
-                                    "or set IDEAL_MONAI_BUNDLE)")
+        raise IdealInputError(path, "bundle folder with configs/ not found (reinstall ideal-monai from a wheel or "
+                                    "a checkout, or set IDEAL_MONAI_BUNDLE)")
     return path
 
 

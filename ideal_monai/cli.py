@@ -8,6 +8,7 @@
     ideal-monai function  --dataset_dir IMAGES --output_dir REPORT [--bundle_root DIR] [--prediction_dir SEG] [--label_dir GT]
     ideal-monai demo      [--output_dir DIR]
     ideal-monai label-app --output_dir APP [--model_path model.pt] [--overwrite] [--<config key> VALUE ...]
+    ideal-monai bundle    --output_dir DIR [--model_path MODEL.pt or MODELS_DIR]
 
 Errors in the input print one line (``ideal-monai: error: <file>: <problem>``) and exit with
 status 1; ``--debug`` (or ``IDEAL_MONAI_DEBUG=1``) shows the full traceback instead.
@@ -104,6 +105,17 @@ def label_app(output_dir: str, model_path: str | None = None, overwrite: bool = 
           f"--conf zoo_source github --conf sam2 false --host 127.0.0.1")
 
 
+def bundle(output_dir: str, model_path: str | None = None) -> None:
+    """Write a standalone copy of the bundle (configs, docs, LICENSE, models/model.pt) in the model-zoo layout."""
+    from .bundle_export import export_bundle
+
+    out = export_bundle(output_dir, model_path=model_path)
+    weights = "" if model_path else " (no models/model.pt: train it with 'finetune', or pass --model_path)"
+    print(f"bundle written to {out}{weights}; run it with:\n"
+          f"  python -m monai.bundle run inference --config_file {out}/configs/inference.json --bundle_root {out} "
+          f"--dataset_dir <images> --output_dir <predictions>")
+
+
 def _print_traceback(exc: BaseException) -> None:
     """The full traceback on stderr. CPython 3.11's traceback module re-parses source lines with ``ast``
     to draw ``^^^`` markers, and that can itself raise ``SystemError`` ("AST constructor recursion
@@ -124,7 +136,7 @@ def _print_traceback(exc: BaseException) -> None:
 
 COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate,
             "function": function, "demo": demo,
-            "label_app": label_app}  # fire also accepts "label-app"
+            "label_app": label_app, "bundle": bundle}  # fire also accepts "label-app"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,122 @@
+"""``ideal-monai bundle``: a standalone model-zoo copy of the bundle, written atomically."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ideal_monai.bundle_export import export_bundle
+from ideal_monai.bundle_runner import bundle_dir
+from ideal_monai.cli import main
+from ideal_monai.networks import DualDecoderUNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_models(tmp_path_factory) -> Path:
+    """A fine-tuning run's ``models/`` folder: ``model.pt`` and ``model_final.pt`` of the default network."""
+    models = tmp_path_factory.mktemp("run") / "models"
+    models.mkdir()
+    torch.manual_seed(0)
+    torch.save(DualDecoderUNet().state_dict(), models / "model.pt")
+    torch.save(DualDecoderUNet().state_dict(), models / "model_final.pt")
+    return models
+
+
+def _tree(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_root_license_is_the_bundle_license():
+    assert (REPO / "LICENSE").read_bytes() == (REPO / "bundle" / "LICENSE").read_bytes()
+    assert "Apache License" in (REPO / "LICENSE").read_text()
+
+
+def test_export_without_model_is_configs_docs_license(tmp_path, capsys):
+    out = tmp_path / "ideal_bundle"
+    assert main(["bundle", "--output_dir", str(out)]) == 0
+    assert "no models/model.pt" in capsys.readouterr().out
+    src = bundle_dir()
+    expected = {f for f in _tree(src) if f.split("/")[0] in ("configs", "docs", "LICENSE")}
+    assert {"LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md"} <= expected
+    assert _tree(out) == expected
+    assert all(filecmp.cmp(src / f, out / f, shallow=False) for f in expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ideal_bundle"]  # no temporary folder left
+
+
+@pytest.mark.parametrize("given", ["models_dir", "final_file"])
+def test_export_with_model_writes_models_model_pt(tmp_path, run_models, given):
+    source = run_models if given == "models_dir" else run_models / "model_final.pt"
+    out = tmp_path / "empty_dir_made_by_user"
+    out.mkdir()  # an existing empty folder is accepted
+    export_bundle(out, model_path=source)
+    # inference.json loads <bundle_root>/models/model.pt; a models/ folder gives its best-validation model.pt.
+    expected = run_models / ("model.pt" if given == "models_dir" else "model_final.pt")
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt"]
+    assert (out / "models" / "model.pt").read_bytes() == expected.read_bytes()
+    assert (out / "configs" / "inference.json").is_file()
+
+
+def _fails(capsys, *args) -> str:
+    assert main(["bundle", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_refuses_non_empty_output_dir_and_leaves_it_untouched(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    err = _fails(capsys, "--output_dir", str(out))
+    assert str(out) in err and "not empty" in err
+    assert _tree(out) == {"notes.txt"}
+    (tmp_path / "a_file").write_text("x")
+    assert str(tmp_path / "a_file") in _fails(capsys, "--output_dir", str(tmp_path / "a_file"))
+
+
+def test_bad_weights_write_nothing(tmp_path, capsys, run_models):
+    out = tmp_path / "out"
+    err = _fails(capsys, "--output_dir", str(out), "--model_path", str(tmp_path / "missing.pt"))
+    assert "missing.pt" in err and "not found" in err
+    no_model = tmp_path / "models"
+    no_model.mkdir()
+    assert str(no_model / "model.pt") in _fails(capsys, "--output_dir", str(out), "--model_path", str(no_model))
+    other = tmp_path / "other_features.pt"
+    torch.save(DualDecoderUNet(features=(8, 16, 32, 64, 128)).state_dict(), other)
+    err = _fails(capsys, "--output_dir", str(out), "--model_path", str(other))
+    assert str(other) in err and "does not match the network" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "other_features.pt"]  # no partial bundle
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_parent_is_one_line_error(tmp_path, capsys):
+    parent = tmp_path / "read_only"
+    parent.mkdir()
+    parent.chmod(0o500)
+    try:
+        assert str(parent) in _fails(capsys, "--output_dir", str(parent / "out"))
+    finally:
+        parent.chmod(0o700)
+
+
+def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    export_bundle(".")
+    assert {"LICENSE", "configs", "docs"} == {p.name for p in here.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_incomplete_bundle_folder_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "partial" / "configs").mkdir(parents=True)
+    monkeypatch.setenv("IDEAL_MONAI_BUNDLE", str(tmp_path / "partial"))
+    err = _fails(capsys, "--output_dir", str(tmp_path / "out"))
+    assert str(tmp_path / "partial") in err and "lacks docs, LICENSE" in err
+    assert not (tmp_path / "out").exists()
