@@ -8,9 +8,10 @@ wire these helpers into ``pretrain.json`` / ``train.json``::
 
 - :func:`setup` starts the process group once (``nccl`` when CUDA is available, ``gloo`` on CPU)
   from the ``torchrun`` environment and returns this process's device (``cuda:LOCAL_RANK`` or CPU).
-  The configs call it for ``device``, which the trainers (and so their handlers) resolve first.
+  The helpers below call it first, so the order in which a config evaluates them does not matter.
   Rank and world size are read with ``ignite.distributed`` (``idist.get_rank()`` /
-  ``idist.get_world_size()``): 0 and 1 without a process group.
+  ``idist.get_world_size()``: 0 and 1 without a process group); the configs' per-rank seeds use
+  them inside a trainer's handlers, which the trainer resolves after its ``device``.
 - :func:`wrap_ddp` wraps a network in ``DistributedDataParallel`` (it broadcasts rank 0's weights, so
   the momentum key encoder that :class:`~ideal_monai.engines.PretrainTrainer` copies from it, and
   updates from the synchronised weights, is the same on every rank).
@@ -93,6 +94,7 @@ def train_sampler(dataset, shuffle: bool = True, seed: int = 0):
     ``drop_last=True`` keeps the shards disjoint and equal in size (no padding by repetition); only
     a dataset smaller than the world size is padded so every rank still gets one item.
     """
+    setup()
     world = idist.get_world_size()
     if dataset is None or world == 1:
         return None
@@ -104,6 +106,7 @@ def train_sampler(dataset, shuffle: bool = True, seed: int = 0):
 
 def eval_sampler(dataset):
     """Validation sharding: disjoint, complete, uneven shards in order (None without a group)."""
+    setup()
     if dataset is None or idist.get_world_size() == 1:
         return None
     from monai.data import DistributedSampler
@@ -125,6 +128,7 @@ def rank_zero_handlers(handlers: Sequence | None, reduce_output: bool = True) ->
     so every later handler sees the loss terms averaged over ranks. Checkpoint handlers already
     write on rank 0 only; validation must run on every rank (its metric is gathered from all).
     """
+    setup()
     handlers = [h for h in (handlers or []) if h is not None]
     if idist.get_rank() > 0:
         handlers = [h for h in handlers if type(h).__name__ not in RANK0_HANDLER_NAMES]
@@ -168,6 +172,7 @@ def dump_shards(output_dir: str | os.PathLike, **samplers) -> None:
     import json
     from pathlib import Path
 
+    setup()
     out = {name: (None if s is None else [int(i) for i in s]) for name, s in samplers.items()}
     path = Path(output_dir) / f"shards_rank{idist.get_rank()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
