@@ -31,9 +31,9 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
     handlers_key = "+pretraining#handlers" if run_id == "pretrain" else "+train#handlers"
     timer = root / f"timer_{run_id}.json"
     timer.write_text(json.dumps({
-        "+imports": ["$import ideal_monai.distributed"],
+        "+imports": ["$import ignite.distributed as idist"],
         handlers_key: [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "max_step_times": 1000,
-                        "log_path": "$os.path.join(@output_dir, 'timing_rank' + str(ideal_monai.distributed.rank()) + '.json')"}],
+                        "log_path": "$os.path.join(@output_dir, 'timing_rank' + str(idist.get_rank()) + '.json')"}],
     }))
     configs_dir = bundle_dir() / "configs"
     configs = [str(config_path(run_id))]

@@ -3,6 +3,12 @@
 Training is 2D: :class:`SliceDataset` preprocesses each volume once (cached in memory with
 MONAI's ``CacheDataset``, ``cache_rate`` exposed), then serves its short-axis slices
 ``(1, P, P)`` one by one through a 2D (random) transform.
+
+Bad input files fail with the :class:`~ideal_monai.errors.IdealInputError` of the volume
+transform (:class:`~ideal_monai.data.transforms.InputErrorCompose`). Should MONAI wrap it (it
+wraps transform errors in ``RuntimeError("applying transform ...")`` in places), the places that
+report errors (the entry points, ``ErrorReporter``, the inference evaluator) still find it in the
+exception chain (:func:`~ideal_monai.errors.find_user_error`).
 """
 
 from __future__ import annotations
@@ -14,27 +20,6 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from . import io  # module attribute access, so tests can instrument io.read_shape
-from ..errors import reraise_input_error
-
-
-class _CacheDataset(CacheDataset):
-    """MONAI ``CacheDataset`` that lets :class:`~ideal_monai.errors.IdealInputError` through unwrapped.
-
-    Uncached items go through ``apply_transform``, which wraps every exception in a ``RuntimeError``;
-    the one-line message naming the bad file is what the entry points print.
-    """
-
-    def _load_cache_item(self, idx: int):
-        try:
-            return super()._load_cache_item(idx)
-        except RuntimeError as e:
-            reraise_input_error(e)
-
-    def _transform(self, index: int):
-        try:
-            return super()._transform(index)
-        except RuntimeError as e:
-            reraise_input_error(e)
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -69,7 +54,7 @@ class SliceDataset(torch.utils.data.Dataset):
         # volume_shape also refuses 2D/5D/empty/oversized files before anything is allocated.
         self.num_slices = [io.volume_shape(case["image"])[2] for case in self.cases]
         self.index = [(v, z) for v, n in enumerate(self.num_slices) for z in range(n)]
-        self.volumes = _CacheDataset(self.cases, transform=volume_transform, cache_rate=cache_rate,
+        self.volumes = CacheDataset(self.cases, transform=volume_transform, cache_rate=cache_rate,
                                     num_workers=num_workers or None, progress=progress and len(self.cases) > 0)
 
     def __len__(self) -> int:
@@ -98,7 +83,7 @@ class SliceDataset(torch.utils.data.Dataset):
 def volume_dataset(data: Sequence[dict], volume_transform: Compose, cache_rate: float = 1.0,
                    num_workers: int = 0, progress: bool = False) -> CacheDataset:
     """3D volumes ``(1, P, P, Z)`` for validation (MONAI ``CacheDataset``)."""
-    return _CacheDataset(list(data), transform=volume_transform, cache_rate=cache_rate,
+    return CacheDataset(list(data), transform=volume_transform, cache_rate=cache_rate,
                         num_workers=num_workers or None, progress=progress)
 
 

@@ -22,6 +22,8 @@ import os
 import re
 from pathlib import Path
 
+from monai.data import load_decathlon_datalist
+
 from ..errors import IdealInputError
 from .io import image_suffix, read_shape, strip_image_suffix
 
@@ -76,31 +78,42 @@ def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
 
 
 def _decathlon_json(root: Path) -> list[dict]:
+    """The ``training`` and ``test`` lists of ``root/dataset.json``, read by MONAI's
+    ``load_decathlon_datalist`` (paths joined to ``root``); a bad file is one :class:`IdealInputError`."""
     spec_path = root / "dataset.json"
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise IdealInputError(spec_path, f"cannot be parsed as JSON: {e}") from None
-    if not isinstance(spec, dict) or "training" not in spec:
-        raise IdealInputError(spec_path, "has no 'training' list")
 
-    def resolve(rel, what: str) -> Path:
-        if not isinstance(rel, str):  # e.g. a list of modalities
-            raise IdealInputError(spec_path, f"{what} must be one file path, got {rel!r}"[:200])
-        # normpath, not resolve(): a symlink keeps its own name, which is the case id.
-        path = Path(os.path.normpath(root / rel))
+    def listed(key: str) -> list[dict]:
+        try:
+            return load_decathlon_datalist(spec_path, is_segmentation=True, data_list_key=key)
+        except json.JSONDecodeError as e:
+            raise IdealInputError(spec_path, f"cannot be parsed as JSON: {e}") from None
+        except OSError as e:
+            raise IdealInputError(spec_path, f"cannot be read: {e.strerror or e}") from None
+        except ValueError:  # MONAI: the key is missing (the JSON itself parsed)
+            if key == "training":
+                raise IdealInputError(spec_path, "has no 'training' list") from None
+            return []
+        except IndexError:  # MONAI looks at the first entry of a "test" list: an empty one
+            return []
+        except TypeError as e:  # an entry, or the whole file, is not a mapping
+            raise IdealInputError(spec_path, f"a '{key}' entry is not an {{'image': ...}} mapping: {e}"[:200]) from None
+
+    def resolve(path, what: str) -> Path:
+        if not isinstance(path, str):  # e.g. a list of modalities
+            raise IdealInputError(spec_path, f"{what} must be one file path, got {path!r}"[:200])
+        path = Path(path)  # joined with normpath, not resolve(): a symlink keeps its own name (the case id)
         if not path.exists():
             # nnU-Net v1 lists "imagesTr/x.nii.gz" for the channel file "imagesTr/x_0000.nii.gz".
             suffix = image_suffix(path)
             channel = path.with_name(f"{strip_image_suffix(path)}_0000{suffix}") if suffix else None
             if channel is None or not channel.exists():
-                raise IdealInputError(spec_path, f"{what} {rel} does not exist")
+                raise IdealInputError(spec_path, f"{what} {path} does not exist")
             return channel
         return path
 
     cases = []
-    for entry in spec.get("training", []):
-        if not isinstance(entry, dict) or "image" not in entry:
+    for entry in listed("training"):
+        if "image" not in entry:
             raise IdealInputError(spec_path, f"training entry without 'image': {entry!r}"[:200])
         image = resolve(entry["image"], "image")
         name = strip_image_suffix(entry["image"])  # the listed name, also for a `_0000` channel file
@@ -108,10 +121,10 @@ def _decathlon_json(root: Path) -> list[dict]:
         if entry.get("label"):
             case["label"] = resolve(entry["label"], "label")
         cases.append(case)
-    for entry in spec.get("test", []):
-        rel = entry["image"] if isinstance(entry, dict) and "image" in entry else entry
-        image = resolve(rel, "test image")
-        cases.append({"image": image, "case_id": strip_image_suffix(rel), "patient_id": strip_image_suffix(rel)})
+    for entry in listed("test"):
+        image = resolve(entry.get("image"), "test image")
+        name = strip_image_suffix(entry["image"])
+        cases.append({"image": image, "case_id": name, "patient_id": name})
     return cases
 
 

@@ -44,7 +44,8 @@ class PretrainTrainer(Trainer):
         dense_loss: the dense loss (default ``DenseLocalContrastiveLoss(temperature=0.1)``).
         global_loss: loss on the pooled projections, e.g. ``monai.losses.ContrastiveLoss``.
         dense_weight, global_weight: weights of the two terms (``dense_weight=0`` with a global loss
-            is the paper's Global CL baseline).
+            is the paper's Global CL baseline). ``network`` must have exactly the heads whose weight
+            is non-zero (dense heads for ``dense_weight``, the global head for ``global_weight``).
         momentum: if set (e.g. 0.99), keys come from an EMA copy of the network (MoCo-style), updated
             after each step; ``None`` (default) shares the weights between views.
         nonfinite: ``"stop"`` raises ``FloatingPointError`` on a NaN/Inf loss (the last good checkpoint
@@ -80,10 +81,17 @@ class PretrainTrainer(Trainer):
             amp=resolved == "fp16",  # MONAI's Trainer.run then makes engine.scaler
             decollate=False,
         )
-        if dense_weight > 0 and not unwrap(network).dense_heads:
+        net = unwrap(network)
+        if dense_weight > 0 and not net.dense_heads:
             raise ValueError("dense_weight > 0 needs a network with dense heads")
-        if global_weight > 0 and (global_loss is None or unwrap(network).global_head is None):
+        if global_weight > 0 and (global_loss is None or net.global_head is None):
             raise ValueError("global_weight > 0 needs a global_loss and a network with global_head=True")
+        # A head whose term is off gets no gradient, which DDP refuses ("Expected to have finished
+        # reduction in the prior iteration"): the network must have only the heads that are trained.
+        if dense_weight == 0 and net.dense_heads:
+            raise ValueError("dense_weight is 0: build the network without dense heads (dense_levels=[])")
+        if global_weight == 0 and net.global_head is not None:
+            raise ValueError("global_weight is 0: build the network without the global head (global_head=False)")
         self.precision = resolved
         logger.info("%s: precision %s (configured %r)", type(self).__name__, resolved, precision)
         self.network = network

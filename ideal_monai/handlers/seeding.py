@@ -43,7 +43,9 @@ class EpochSeeder:
             r.set_random_state(seed=(epoch_seed + 7919 * (i + 1)) % (2**31 - 1))
         # Ignite keeps one data iterator across epochs when ``epoch_length`` differs from the
         # loader's length (``iterations_per_epoch``), so an epoch would continue the previous
-        # epoch's shuffle, which a resumed run cannot reproduce. Drop it: Ignite then starts a
-        # fresh pass, shuffled from the seed just set.
-        if getattr(engine.state, "dataloader", None) is not None and hasattr(engine, "_dataloader_iter"):
-            engine._dataloader_iter = None
+        # epoch's shuffle, which a resumed run cannot reproduce. ``set_data`` with the same loader
+        # starts a fresh pass, shuffled from the seed just set. Not in a resumed partial epoch
+        # (mid-epoch checkpoint): there Ignite itself starts a pass for the remaining iterations.
+        length = engine.state.epoch_length
+        if engine.state.dataloader is not None and (length is None or engine.state.iteration % length == 0):
+            engine.set_data(engine.state.dataloader)

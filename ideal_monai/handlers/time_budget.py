@@ -20,25 +20,32 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 from ignite.engine import Engine, Events
+from ignite.handlers import TimeLimit
 
 from ..utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
-class TimeBudget:
-    """Terminate the engine once ``seconds`` of wall-clock time have passed since it started.
+class TimeBudget(TimeLimit):
+    """Ignite's ``TimeLimit``, counted from ``Events.STARTED``, plus a log of what the run did.
 
-    Time counts from ``Events.STARTED`` (after the datasets were cached, since they are built when
-    the config is parsed) and includes everything the engine runs: iterations, data loading,
-    per-epoch handlers and validation. The check runs after every iteration, so a run ends at
-    most one iteration (plus the ``COMPLETED`` handlers, e.g. the final model save) past the budget.
-    ``Events.COMPLETED`` still fires after the stop, so final checkpoints are written as usual.
+    ``TimeLimit`` terminates the engine after an iteration once its limit has passed. On top of it:
+
+    - time counts from ``Events.STARTED`` (after the datasets were cached, since they are built when
+      the config is parsed), not from the handler's construction; it includes everything the
+      engine runs: iterations, data loading, per-epoch handlers and validation. A run ends at most
+      one iteration (plus the ``COMPLETED`` handlers, e.g. the final model save) past the budget;
+      ``Events.COMPLETED`` still fires after the stop, so final checkpoints are written as usual;
+    - ``seconds`` may be fractional, or ``None`` to only log;
+    - the stop message goes through this module's logger (the bundle's logging config), and the
+      run is summarised in a JSON file (:meth:`summary`).
 
     Args:
         seconds: the budget; ``None`` only logs (no limit).
@@ -54,11 +61,14 @@ class TimeBudget:
                  max_step_times: int = 100):
         if seconds is not None and not seconds > 0:
             raise ValueError(f"seconds must be > 0 or None, got {seconds!r}")
-        self.seconds = None if seconds is None else float(seconds)
+        # TimeLimit's constructor takes whole seconds; its check compares with limit_sec as given
+        super().__init__(limit_sec=max(1, math.ceil(seconds)) if seconds is not None else 1)
+        self.limit_sec = seconds
+        self.logger = logger
         self.log_path = Path(log_path) if log_path else None
         self.max_step_times = int(max_step_times)
         self.stopped_by_budget = False
-        self._t0 = self._last = 0.0
+        self._last = 0.0
         self._start_iteration = 0
         self.step_times: list[float] = []
 
@@ -68,28 +78,29 @@ class TimeBudget:
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def started(self, engine: Engine) -> None:
-        self._t0 = self._last = time.perf_counter()
+        self.start_time = time.time()
+        self._last = time.perf_counter()
         # Handlers run in attachment order, so a checkpoint resumed at STARTED is already loaded.
         self._start_iteration = engine.state.iteration
         self.stopped_by_budget = False
         self.step_times = []
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+        return time.time() - self.start_time
 
     def iteration_completed(self, engine: Engine) -> None:
         now = time.perf_counter()
         if len(self.step_times) < self.max_step_times:
             self.step_times.append(now - self._last)
         self._last = now
-        if self.seconds is not None and now - self._t0 >= self.seconds and not self.stopped_by_budget:
-            self.stopped_by_budget = True
-            logger.info("time budget of %.0f s spent at iteration %d: stopping", self.seconds, engine.state.iteration)
-            engine.terminate()
+        if self.limit_sec is not None and not self.stopped_by_budget:
+            already = engine.should_terminate  # another handler may have stopped it this iteration
+            self(engine)  # TimeLimit: terminate once the limit has passed
+            self.stopped_by_budget = engine.should_terminate and not already
 
     def summary(self, engine: Engine) -> dict:
         return {
-            "budget_s": self.seconds,
+            "budget_s": self.limit_sec,
             "elapsed_s": self.elapsed(),
             "iterations": engine.state.iteration - self._start_iteration,
             "planned_iterations": engine.state.max_epochs * engine.state.epoch_length,

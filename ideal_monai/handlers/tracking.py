@@ -1,8 +1,11 @@
-"""Experiment tracking helpers: learning rate in TensorBoard, the trained model as an MLflow artifact."""
+"""Experiment tracking helpers: the learning rate as an engine metric, prediction overlays in TensorBoard.
+
+MLflow needs no code here: ``configs/mlflow_pretrain_tracking.json`` and ``configs/mlflow_train_tracking.json``
+(``--tracking <file>``) set MONAI's ``MLFlowHandler`` up for these trainers (loss output transform,
+the trained model among the artifacts).
+"""
 
 from __future__ import annotations
-
-import os
 
 from ignite.engine import Engine, Events
 
@@ -33,62 +36,6 @@ class LearningRateLogger:
         engine.state.metrics[self.tag] = float(self.optimizer.param_groups[0]["lr"])
 
 
-def _unwrap_single(transform):
-    def wrapped(output):
-        value = transform(output)
-        return value[0] if isinstance(value, tuple) and len(value) == 1 else value
-
-    wrapped.ideal_monai_unwrapped = True
-    return wrapped
-
-
-class MLflowSupport:
-    """Make ``--tracking mlflow`` fit this package's trainers, and log the trained model with it.
-
-    ``--tracking mlflow`` appends MONAI's ``MLFlowHandler`` to the trainer's handler list. List this
-    handler before it (anywhere in the config's list) and after the handler that writes the model
-    at ``COMPLETED``. Then, for every ``MLFlowHandler`` attached to the same engine:
-
-    - at ``STARTED``: its ``output_transform`` is made to unwrap a 1-tuple. MONAI's default,
-      ``from_engine(['loss'], first=True)``, returns ``(loss,)`` for a dict ``engine.state.output``
-      (our trainers do not decollate), which the handler cannot log;
-    - at ``COMPLETED``: ``path`` is added to its ``artifacts`` (which it logs next), so the model file
-      lands in the MLflow store next to the executed config.
-
-    Without MLflow tracking it does nothing.
-
-    Args:
-        path: the model file (e.g. ``models/model_final.pt``).
-    """
-
-    def __init__(self, path: str | os.PathLike | None = None):
-        self.path = None if path is None else str(path)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self.started)
-        engine.add_event_handler(Events.COMPLETED, self.completed)
-
-    @staticmethod
-    def _mlflow_handlers(engine: Engine) -> list:
-        found = []
-        for event in (Events.STARTED, Events.COMPLETED):
-            for handler, _, _ in engine._event_handlers.get(event, []):
-                owner = getattr(handler, "__self__", None)
-                if type(owner).__name__ == "MLFlowHandler" and owner not in found:
-                    found.append(owner)
-        return found
-
-    def started(self, engine: Engine) -> None:
-        for h in self._mlflow_handlers(engine):
-            if callable(h.output_transform) and not getattr(h.output_transform, "ideal_monai_unwrapped", False):
-                h.output_transform = _unwrap_single(h.output_transform)
-
-    def completed(self, engine: Engine) -> None:
-        if self.path is None or not os.path.isfile(self.path):
-            return
-        for h in self._mlflow_handlers(engine):
-            if self.path not in h.artifacts:
-                h.artifacts = tuple(a for a in h.artifacts if a) + (self.path,)
 
 
 class ValidationOverlays:

@@ -19,7 +19,7 @@ import torch
 from monai.engines import Evaluator
 from monai.transforms import Invertd
 
-from ..errors import IdealInputError, OutputError, debug_enabled, print_error
+from ..errors import IdealInputError, OutputError, debug_enabled, find_input_error, print_error
 from ..data.discovery import discover_cases
 from ..data.io import read_shape, save_label_like, strip_image_suffix, volume_shape
 from ..networks import stream_disagreement
@@ -168,8 +168,9 @@ class SegmentationEvaluator(Evaluator):
             except OutputError:
                 raise  # a full disk or an unwritable folder fails every case alike: stop at once
             except Exception as e:  # noqa: BLE001 - one bad file must not end a long unattended run
-                if isinstance(e, IdealInputError):
-                    msg = str(e)
+                input_error = find_input_error(e)  # also behind MONAI's RuntimeError("applying transform ...")
+                if input_error is not None:
+                    msg = str(input_error)
                 elif isinstance(e, OSError):
                     msg = f"{case['image']}: {e.strerror or e}"
                 else:

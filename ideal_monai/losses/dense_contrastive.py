@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.loss import _Loss
@@ -152,9 +154,21 @@ class DenseLocalContrastiveLoss(_Loss):
             logits block under ~64 MiB. Only memory and speed depend on it, not the value.
         reduction: ``"mean"`` (over valid query locations), ``"sum"``, or ``"none"`` (``(B, *spatial)``
             per-location losses, 0 where a location has no correspondence).
+        gather: under ``torch.distributed`` with more than one rank, classify each query among the key
+            locations of *all* ranks (``world_size * B * S`` keys, like one process with the global
+            batch); ignored without a process group. Every rank must hold the same ``B * S``.
+            The gathered keys keep their gradient (``torch.distributed.nn.functional.all_gather``
+            sums the gradients of a rank's keys over all ranks in backward), so with DDP's gradient
+            averaging the step is that of the global-batch loss (up to BatchNorm, whose statistics
+            stay per rank). Trade-off: more (and harder) negatives and the single-GPU loss, at the
+            cost of one all-gather of ``world_size * B * S * C`` floats per direction and step each
+            way, and a ``world_size``-times wider logits matrix. Off (default): each rank contrasts
+            only its own keys, no communication (the paper's per-GPU batch setting). The reduction
+            runs over this rank's queries either way.
     """
 
-    def __init__(self, temperature: float = 0.1, chunk_size: int | None = None, reduction: str = "mean") -> None:
+    def __init__(self, temperature: float = 0.1, chunk_size: int | None = None, reduction: str = "mean",
+                 gather: bool = False) -> None:
         super().__init__(reduction=reduction)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f'reduction must be "mean", "sum" or "none", got {reduction!r}')
@@ -164,6 +178,7 @@ class DenseLocalContrastiveLoss(_Loss):
             raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
         self.temperature = float(temperature)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.gather = bool(gather)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, match: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -193,10 +208,16 @@ class DenseLocalContrastiveLoss(_Loss):
         work_dtype = query.dtype if query.dtype in (torch.float32, torch.float64) else torch.float32
         q = F.normalize(query.to(work_dtype).flatten(2).transpose(1, 2).reshape(b * s, c), dim=1)
         k = F.normalize(key.to(work_dtype).flatten(2).transpose(1, 2).reshape(b * s, c), dim=1)
+        if self.gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank gathers before anything can return early: the collectives must match up
+            k = torch.cat(dist_fn.all_gather(k), dim=0)  # (world * B * S, C); this rank's rows at rank * B * S
+            target = torch.where(target >= 0, target + dist.get_rank() * b * s, target)
 
         valid = (target >= 0).nonzero().squeeze(1)  # (M,)
         if valid.numel() == 0:
-            zero = query.sum() * 0 + key.sum() * 0
+            # k (gathered or not) stays in the graph, so a rank without correspondences still joins
+            # the gather's backward collective
+            zero = query.sum() * 0 + key.sum() * 0 + k.sum() * 0
             return zero.expand(b, *spatial) if self.reduction == "none" else zero
         if valid.numel() < b * s:
             q, target = q[valid], target[valid]  # only queries with a positive cost compute

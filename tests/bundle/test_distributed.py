@@ -172,3 +172,13 @@ def test_pretrain_loss_matches_single_process(runs):
     assert len(two) == len(one) == 6
     assert abs(two[0] - one[0]) <= 0.03 * one[0], (two, one)
     assert abs(two.mean() - one.mean()) <= 0.10 * one.mean(), (two, one)
+
+
+def test_global_cl_pretrain_runs_under_ddp(runs):
+    """``dense_weight 0``: the network has no dense head, so DDP finds no parameter without a gradient."""
+    root = runs["root"]
+    _bundle("pretrain", [str(CONFIGS / "pretrain.json"), str(CONFIGS / "multi_gpu_pretrain.json")], 2, root,
+            "--dataset_dir", str(root / "data"), "--precision", "fp32", *PRETRAIN,
+            "--bundle_root", str(root / "global2"), "--batch_size", "2", "--dense_weight", "0", "--global_weight", "1")
+    losses = read_scalars(root / "global2" / "runs" / "pretrain")
+    assert len(losses["loss_global"]) == 6 and all(v > 0 for _, v in losses["loss_global"])

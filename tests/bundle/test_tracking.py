@@ -1,5 +1,6 @@
-"""Experiment tracking: TensorBoard by default; ``--tracking mlflow`` (finetune) and the shipped
-settings file ``configs/mlflow_pretrain_tracking.json`` (pretrain), read back with the MLflow client.
+"""Experiment tracking: TensorBoard by default; the shipped settings files
+``configs/mlflow_pretrain_tracking.json`` and ``configs/mlflow_train_tracking.json`` (``--tracking <file>``),
+read back with the MLflow client.
 
 The MLflow tests need the ``[mlflow]`` extra (``pip install -e ".[mlflow]"``) and are skipped
 without it; the TensorBoard test always runs.
@@ -36,13 +37,13 @@ def _bundle(run_id: str, config: str, cwd: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    """pretrain (settings file) then finetune (``--tracking mlflow``) when mlflow is installed, else plain."""
+    """pretrain then finetune, each with its MLflow settings file when mlflow is installed, else plain."""
     root = tmp_path_factory.mktemp("tracking")
     data, bundle_root = root / "data", root / "bundle_root"
     write_synthetic_dataset(data, num_cases=4, seed=0)
     common = ["--bundle_root", str(bundle_root), "--dataset_dir", str(data), *PROFILE]
     pre_tracking = ["--tracking", str(CONFIGS / "mlflow_pretrain_tracking.json")] if HAVE_MLFLOW else []
-    ft_tracking = ["--tracking", "mlflow"] if HAVE_MLFLOW else []
+    ft_tracking = ["--tracking", str(CONFIGS / "mlflow_train_tracking.json")] if HAVE_MLFLOW else []
     _bundle("pretrain", "pretrain.json", root, *common, "--projection_channels", "16", "--batch_size", "4",
             *pre_tracking)
     _bundle("finetune", "train.json", root, *common, "--num_labeled", "1", "--num_val", "1",
@@ -111,12 +112,13 @@ def test_pretrain_tracking_settings_file(tracked, tmp_path):
 
 
 @needs_mlflow
-def test_finetune_tracking_mlflow(tracked, tmp_path):
+def test_finetune_tracking_settings_file(tracked, tmp_path):
     from ideal_monai.networks import DualDecoderUNet
 
     client = _client(tracked)
-    run = _single_run(client, "monai_experiment")
+    run = _single_run(client, "ideal_finetune")
     assert run.data.params["max_epochs"] == "2" and run.data.params["epoch_length"] == "2"
+    assert run.data.params["batch_size_labeled"] == "2" and run.data.params["optimizer"] == "sgd"
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "val_mean_dice")) == 2
@@ -126,46 +128,14 @@ def test_finetune_tracking_mlflow(tracked, tmp_path):
     DualDecoderUNet(features=(4, 8, 8, 8, 8)).load_state_dict(torch.load(path, weights_only=True), strict=True)
 
 
-def test_mlflow_support_unwraps_single_tuples_and_adds_the_model(tmp_path):
-    """Unit level, without mlflow: the handler finds MLFlowHandler-like handlers on the engine."""
-    from ignite.engine import Engine, Events
-    from monai.handlers import from_engine
-
-    from ideal_monai.handlers.tracking import MLflowSupport
-
-    class MLFlowHandler:  # stands in for monai.handlers.MLFlowHandler (matched by class name)
-        def __init__(self):
-            self.output_transform = from_engine(["loss"], first=True)
-            self.artifacts = (None,)
-            self.logged = []
-
-        def start(self, engine):
-            pass
-
-        def iteration_completed(self, engine):
-            self.logged.append(self.output_transform(engine.state.output))
-
-        def complete(self, engine):
-            self.logged.append(self.artifacts)
-
-    model = tmp_path / "model_final.pt"
-    model.write_bytes(b"x")
-    engine = Engine(lambda e, b: {"loss": 1.5})
-    MLflowSupport(model).attach(engine)
-    fake = MLFlowHandler()
-    engine.add_event_handler(Events.STARTED, fake.start)
-    engine.add_event_handler(Events.ITERATION_COMPLETED, fake.iteration_completed)
-    engine.add_event_handler(Events.COMPLETED, fake.complete)
-    engine.run([0], max_epochs=1)
-    assert fake.logged == [1.5, (str(model),)]
-
-
 def test_distributed_helpers_are_no_ops_in_one_process():
+    import ignite.distributed as idist
+
     from ideal_monai import distributed
     from ideal_monai.handlers import ErrorReporter
     from ideal_monai.losses import DenseLocalContrastiveLoss
 
-    assert distributed.setup().type in ("cpu", "cuda") and distributed.world_size() == 1 and distributed.is_rank0()
+    assert distributed.setup().type in ("cpu", "cuda") and idist.get_world_size() == 1 and idist.get_rank() == 0
     net = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(net, "cpu") is net
     assert distributed.train_sampler(list(range(4))) is None and distributed.eval_sampler(list(range(4))) is None
@@ -173,5 +143,5 @@ def test_distributed_helpers_are_no_ops_in_one_process():
     assert distributed.rank_zero_handlers(handlers) == handlers
     assert distributed.backend() in ("gloo", "nccl")
     q, k = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
-    torch.testing.assert_close(distributed.GatheredDenseLocalContrastiveLoss(gather=True)(q, k),
+    torch.testing.assert_close(DenseLocalContrastiveLoss(gather=True)(q, k),
                                DenseLocalContrastiveLoss()(q, k))

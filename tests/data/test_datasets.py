@@ -12,7 +12,7 @@ import torch
 
 from ideal_monai.data import SliceDataset, discover_cases, slice_loader, volume_dataset
 from ideal_monai.data.transforms import slice_augmentation, volume_preprocessing
-from ideal_monai.errors import IdealInputError
+from ideal_monai.errors import IdealInputError, find_input_error, find_user_error
 
 PATCH = (48, 48)
 
@@ -79,7 +79,7 @@ def test_slice_transform_and_uncached_volumes(cases, pre):
 
 
 def test_bad_label_surfaces_as_input_error(tmp_path, synthetic_dataset):
-    """Cached or not, a bad file fails with the one-line IdealInputError, not MONAI's RuntimeError."""
+    """Cached or not, a bad file fails with the one-line IdealInputError naming it (uncached: in the chain)."""
     shutil.copytree(synthetic_dataset / "patient003", tmp_path / "patient003")
     gt = tmp_path / "patient003" / "patient003_frame01_gt.nii.gz"
     img = nib.load(str(gt))
@@ -91,11 +91,13 @@ def test_bad_label_surfaces_as_input_error(tmp_path, synthetic_dataset):
     with pytest.raises(IdealInputError, match="255") as excinfo:
         SliceDataset(cases, pre, cache_rate=1.0, progress=False)
     assert excinfo.value.where == str(gt)
-    lazy = SliceDataset(cases, pre, cache_rate=0.0, progress=False)
-    with pytest.raises(IdealInputError, match="255"):
-        lazy[0]
-    with pytest.raises(IdealInputError, match="255"):
-        volume_dataset(cases, pre, cache_rate=0.0)[0]
+    # uncached, whether or not MONAI wraps it in a RuntimeError, the reporters find it in the chain
+    for uncached in (SliceDataset(cases, pre, cache_rate=0.0, progress=False), volume_dataset(cases, pre, cache_rate=0.0)):
+        with pytest.raises(Exception) as excinfo:
+            uncached[0]
+        err = find_input_error(excinfo.value)
+        assert err is not None and err.where == str(gt) and "255" in str(err)
+        assert find_user_error(excinfo.value) is err
 
 
 def test_missing_image_fails_when_indexing(tmp_path):

@@ -123,6 +123,8 @@ def test_decathlon_nnunet_v1_channel_files(tmp_path):
     (json.dumps({"training": [{"label": "l.nii.gz"}]}), "without 'image'"),
     (json.dumps({"training": [{"image": "imagesTr/missing.nii.gz"}]}), "missing.nii.gz does not exist"),
     (json.dumps({"training": [{"image": ["a.nii.gz", "b.nii.gz"]}]}), "one file path"),
+    (json.dumps({"training": ["imagesTr/a.nii.gz"]}), "not an {'image': ...} mapping"),
+    (json.dumps({"training": [], "test": [{"label": "l.nii.gz"}]}), "test image must be one file path"),
 ])
 def test_decathlon_errors_name_dataset_json(tmp_path, content, match):
     (tmp_path / "dataset.json").write_text(content)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.
 
 WORKER = textwrap.dedent("""
     import json, sys
+    import ignite.distributed as idist
     import torch
     from monai.losses import DiceCELoss
     from torch.utils.data import DataLoader
@@ -33,7 +34,7 @@ WORKER = textwrap.dedent("""
     mode = sys.argv[1]
     torch.manual_seed(0)  # the same initial weights on both ranks, as DDP broadcasts anyway
     network = distributed.wrap_ddp(DualDecoderUNet(features=(4, 8, 8, 8, 8), perturbations=("none", "none")), "cpu")
-    rank = distributed.rank()
+    rank = idist.get_rank()
     g = torch.Generator().manual_seed(rank)
     labeled = [{"image": torch.rand(1, 32, 32, generator=g), "label": torch.randint(0, 4, (1, 32, 32), generator=g)}
                for _ in range(6)]

@@ -192,3 +192,75 @@ def test_global_contrastive_loss_is_nt_xent_on_pooled_projections():
     want = F.cross_entropy(sim, torch.cat([torch.arange(6, 12), torch.arange(6)]))
     torch.testing.assert_close(loss_fn(z1, z2), want, rtol=1e-5, atol=1e-5)
     assert loss_fn(z1, z2) < loss_fn(z1, z2.roll(1, dims=0))
+
+
+GATHER_WORKER = """
+import json, sys
+import torch
+import torch.distributed as dist
+from ideal_monai.losses import DenseLocalContrastiveLoss
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+query, key, match = torch.load(sys.argv[1])  # the global batch; this rank holds images [2 * rank, 2 * rank + 2)
+part = slice(2 * rank, 2 * rank + 2)
+q = query[part].clone().requires_grad_(True)
+k = key[part].clone().requires_grad_(True)
+loss = DenseLocalContrastiveLoss(temperature=0.2, chunk_size=7, gather=True)(q, k, match[part])
+loss.backward()
+# a rank without any correspondence still takes part in the gather, forward and backward
+m = match[part].clone() if rank == 0 else torch.full_like(match[part], -1)
+k2 = key[part].clone().requires_grad_(True)
+empty = DenseLocalContrastiveLoss(temperature=0.2, gather=True)(q.detach(), k2, m)
+empty.backward()
+print(json.dumps({"loss": loss.item(), "dq": q.grad.tolist(), "dk": k.grad.tolist(), "empty": empty.item()}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with the gloo backend is not available")
+def test_gather_across_two_ranks_is_the_global_batch_loss(tmp_path):
+    """Two gloo processes with gather=True: each rank's loss classifies its queries among both ranks'
+    keys, and its key gradient is that of the sum of both ranks' losses (what DDP averages)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(3)
+    query = torch.randn(4, C, H, W, generator=g, dtype=torch.float64)
+    key = torch.randn(4, C, H, W, generator=g, dtype=torch.float64)
+    match = torch.randint(0, H * W, (4, H, W), generator=g)
+    match[torch.rand(4, H, W, generator=g) < 0.3] = -1
+    torch.save((query, key, match), tmp_path / "batch.pt")
+    (tmp_path / "worker.py").write_text(GATHER_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "batch.pt")],
+                              env=dict(os.environ, RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=port, OMP_NUM_THREADS="1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ranks hung in the gathered loss")
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+    q, k = query.clone().requires_grad_(True), key.clone().requires_grad_(True)
+    per_location = reference_loss(q, k, match, 0.2, reduction="none")  # one process, global batch
+    valid = match >= 0
+    rank_losses = [per_location[r * 2:r * 2 + 2][valid[r * 2:r * 2 + 2]].mean() for r in (0, 1)]
+    sum(rank_losses).backward()
+    for r, res in enumerate(results):
+        part = slice(2 * r, 2 * r + 2)
+        assert res["loss"] == pytest.approx(rank_losses[r].item(), rel=1e-9)
+        torch.testing.assert_close(torch.tensor(res["dq"], dtype=torch.float64), q.grad[part])
+        torch.testing.assert_close(torch.tensor(res["dk"], dtype=torch.float64), k.grad[part])
+    assert results[1]["empty"] == 0.0 and results[0]["empty"] > 0
