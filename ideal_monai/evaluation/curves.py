@@ -48,7 +48,10 @@ def read_stages(log_dir: str | os.PathLike) -> dict[str, dict[str, list[tuple[in
     stages = {}
     if any(root.glob("events.out.tfevents.*")):
         stages[root.name] = read_scalars(root)
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    # The bundle's stages in the order they run, then any other folder by name.
+    order = {"pretrain": 0, "finetune": 1}
+    subs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (order.get(p.name, 2), p.name)) if root.is_dir() else []
+    for sub in subs:
         series = read_scalars(sub)
         if series:
             stages[sub.name] = series
@@ -97,7 +100,7 @@ def save_training_curves_png(stages: Mapping[str, Mapping[str, Series]], path: s
                              title: str | None = None, dpi: int = 100) -> Path:
     """Plot ``{stage: {tag: [(step, value)]}}`` as a PNG, one row per stage (see :func:`curve_panels`).
 
-    Noisy series (20 points or more) are drawn faint with a trailing moving average on top;
+    Loss series of 20 points or more are drawn faint with a trailing moving average on top;
     non-finite values (a NaN loss) are left out and counted in the legend.
 
     Raises:
@@ -122,11 +125,12 @@ def save_training_curves_png(stages: Mapping[str, Mapping[str, Series]], path: s
                 steps, vals = pts[:, 0], pts[:, 1]
                 label = tag + (f" ({dropped} non-finite dropped)" if dropped else "")
                 colour = colours[i % len(colours)]
-                if vals.size >= 20:
+                if vals.size >= 20 and panel_title == "loss":  # noisy: raw faint, moving average on top
                     ax.plot(steps, vals, color=colour, alpha=0.25, linewidth=0.8)
                     ax.plot(steps, _smooth(vals, max(5, vals.size // 25)), color=colour, linewidth=1.6, label=label)
                 else:
-                    ax.plot(steps, vals, color=colour, marker="o", markersize=3, linewidth=1.4, label=label)
+                    ax.plot(steps, vals, color=colour, marker="o" if vals.size < 20 else None, markersize=3,
+                            linewidth=1.4, label=label)
             ax.set_title(f"{stage}: {panel_title}", fontsize=10)
             ax.set_xlabel(xlabel, fontsize=9)
             ax.grid(True, alpha=0.3)
