@@ -1,4 +1,4 @@
-"""Feature perturbations that make the two decoder streams see different inputs (METHOD.md 2).
+"""Feature perturbations that make the two decoder streams see different inputs (METHOD §2).
 
 [paper: "two perturbed branches with the same input"]; the operators follow Ouali et al.,
 "Semi-Supervised Semantic Segmentation with Cross-Consistency Training" (CCT, CVPR 2020).
@@ -22,7 +22,7 @@ class FeatureNoise(nn.Module):
     perturbation; ``per_sample=False`` restores CCT's shared draw.
 
     Args:
-        uniform_range: ``r``; the default 0.3 is METHOD.md's +-0.3.
+        uniform_range: ``r``; the default 0.3 is METHOD §2's +-0.3.
         per_sample: independent noise per batch element (default) or one draw shared by the batch.
 
     Shapes: ``(B, C, *spatial) -> (B, C, *spatial)``.

@@ -1,7 +1,7 @@
 """MONAI dictionary transforms specific to IDEAL.
 
 - :mod:`.paired_views`: two augmented views of a slice plus their dense feature-map correspondence,
-  for the dense local contrastive pre-training (METHOD.md section 3).
+  for the dense local contrastive pre-training (METHOD §3; sources in bundle/docs/README.md).
 """
 
 from .paired_views import (
