@@ -137,6 +137,8 @@ def save_training_curves_png(stages: Mapping[str, Mapping[str, Series]], path: s
             ax.tick_params(labelsize=8)
             if len(series) > 1 or any(d for _, d in series.values()):
                 ax.legend(fontsize=8, loc="best")
+            else:
+                ax.set_ylabel(next(iter(series)), fontsize=9)
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
