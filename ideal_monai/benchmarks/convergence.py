@@ -100,13 +100,9 @@ def _clock(t0: float):
 
 def _extra_config(root: Path, handlers_key: str, handlers: list[dict]) -> Path:
     """An extra config file appending ``handlers`` to the list ``handlers_key`` (``pretraining#handlers``)."""
-    return _write_extra(root, {f"+{handlers_key}": handlers})
-
-
-def _write_extra(root: Path, config: dict) -> Path:
     path = root / "convergence_handlers.json"
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=1) + "\n")
+    path.write_text(json.dumps({f"+{handlers_key}": handlers}, indent=1) + "\n")
     return path
 
 
