@@ -92,6 +92,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "rampup_fraction": "number",
     "cache_rate": "number",
     "ema_decay": "number",
+    "aug_rotate_deg": "number",
     "aug_scale": "number",
     "aug_intensity": "number",
     "myocardial_density": "number",
