@@ -63,6 +63,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "overwrite": "bool",
     "save_uncertainty": "bool",
     "save_probabilities": "bool",
+    "test_time_flips": "bool",
     "overlays": "bool",
     "with_cine": "bool",
     # counts
