@@ -13,7 +13,8 @@ study that takes many hours runs in pieces (rerun the same command; nothing fini
    and of its EMA (``models/model_ema_iter<i>.pt``), and a
    :class:`~ideal_monai.handlers.training_clock.TrainingClock` (cumulative training seconds).
 3. **evaluate** each snapshot as soon as its chunk ends, on the validation patients (the bundle's
-   ``inference`` and :func:`~ideal_monai.evaluation.evaluate_folders`), into ``<run>/curve/<kind>_<i>.json``.
+   ``inference``, single pass: ``test_time_flips`` off, and :func:`~ideal_monai.evaluation.evaluate_folders`),
+   into ``<run>/curve/<kind>_<i>.json``.
 4. ``results.json``, ``results.md`` and the figure ``convergence.png`` from whatever is finished.
 
 Arms are those of :data:`~ideal_monai.benchmarks.acdc.ARMS`; the IDEAL arm is run once per
@@ -205,8 +206,11 @@ def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, networ
                 raise IdealInputError(weights, "snapshot missing: the run finished without writing it")
             pred_dir = root / "curve_predictions"
             shutil.rmtree(pred_dir, ignore_errors=True)
+            # Curves track training, so they are single-pass (test_time_flips off unless the profile
+            # sets it): every study keeps comparable points; benchmark_test_time_flips.py adds the flips.
+            inference = {"test_time_flips": False, **network_overrides, **cfg.profile.inference}
             run_bundle("inference", bundle_root=str(root), dataset_dir=str(eval_dir), output_dir=str(pred_dir),
-                       overwrite=True, model_path=str(weights), **network_overrides, **cfg.profile.inference)
+                       overwrite=True, model_path=str(weights), **inference)
             summary = evaluate_folders(pred_dir, eval_dir, root / "curve_report", max_overlays=0)
             shutil.rmtree(pred_dir, ignore_errors=True)
             point = {"kind": kind, "iteration": iteration, "train_seconds": seconds_at.get(iteration),

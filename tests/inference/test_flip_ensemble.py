@@ -94,14 +94,14 @@ def test_bundle_inference_with_test_time_flips_segments_a_flipped_scan_as_the_fl
     """A user flipping a scan (another scanner's orientation convention) gets the same heart back, flipped."""
     volume = (np.random.default_rng(0).random((32, 32, 3)) * 1000).astype(np.float32)  # = patch: no crop/pad
     flipped = volume[::-1, :, :].copy()
-    label, probs = _segment(bundle_root, volume, tmp_path / "a", test_time_flips=True)
-    label_f, probs_f = _segment(bundle_root, flipped, tmp_path / "b", test_time_flips=True)
+    label, probs = _segment(bundle_root, volume, tmp_path / "a")  # the default: test_time_flips=True
+    label_f, probs_f = _segment(bundle_root, flipped, tmp_path / "b")
     assert label.shape == (32, 32, 3) and probs.shape == (32, 32, 3, 4)
     np.testing.assert_allclose(probs_f, probs[::-1], atol=1e-5)
     assert (label_f == label[::-1]).mean() > 0.999
     # Without the ensemble the random network is not flip-equivariant: the check above can fail.
-    _, plain = _segment(bundle_root, volume, tmp_path / "c")
-    _, plain_f = _segment(bundle_root, flipped, tmp_path / "d")
+    _, plain = _segment(bundle_root, volume, tmp_path / "c", test_time_flips=False)
+    _, plain_f = _segment(bundle_root, flipped, tmp_path / "d", test_time_flips=False)
     assert np.abs(plain_f - plain[::-1]).max() > 1e-3
 
 
