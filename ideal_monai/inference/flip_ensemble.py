@@ -37,10 +37,11 @@ class FlipEnsembleInferer(Inferer):
                 raise ValueError(f"flip_axes must hold non-empty sets of distinct spatial axes >= 0, got {list(flip_axes)}")
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        total = self.inferer(inputs, network, *args, **kwargs)
-        for axes in self.flip_axes:
+        for axes in self.flip_axes:  # before any pass: a bad axis must not cost a whole volume's inference
             if max(axes) >= inputs.ndim - 2:
                 raise ValueError(f"flip axis {max(axes)} does not exist in a {inputs.ndim - 2}D input of shape {tuple(inputs.shape)}")
+        total = self.inferer(inputs, network, *args, **kwargs)
+        for axes in self.flip_axes:
             dims = [a + 2 for a in axes]
             out = self.inferer(torch.flip(inputs, dims), network, *args, **kwargs)
             # Out of place: the wrapped inferer's first output may be a view the caller still holds.
