@@ -187,11 +187,26 @@ def _keep_snapshot(root: Path, iteration: int) -> None:
                 shutil.copyfile(written, tmp)
 
 
+def score_weights(root: Path, weights: Path, eval_dir: Path, inference: dict, name: str) -> tuple[dict, float]:
+    """Segment ``eval_dir`` with ``weights`` (the bundle's ``inference`` with the ``inference`` values) and
+    score it: ``(metrics row, seconds of the inference run)``. Predictions go to ``root/<name>_predictions``
+    and are deleted afterwards; the report stays in ``root/<name>_report``."""
+    from ..evaluation import evaluate_folders
+
+    pred_dir = root / f"{name}_predictions"
+    shutil.rmtree(pred_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    run_bundle("inference", bundle_root=str(root), dataset_dir=str(eval_dir), output_dir=str(pred_dir),
+               overwrite=True, model_path=str(weights), **inference)
+    seconds = time.perf_counter() - t0
+    summary = evaluate_folders(pred_dir, eval_dir, root / f"{name}_report", max_overlays=0)
+    shutil.rmtree(pred_dir, ignore_errors=True)
+    return _metrics_row(summary), seconds
+
+
 def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, network_overrides: dict, eval_dir: Path,
                       log) -> list[dict]:
     """The curve points (one per kind) of the snapshot at ``iteration``, evaluated unless already done."""
-    from ..evaluation import evaluate_folders
-
     clock = _read_json(root / "training_clock.json") or {"history": []}
     seconds_at = {int(i): float(s) for i, s in clock["history"]}
     curve_dir = root / "curve"
@@ -204,17 +219,11 @@ def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, networ
         if point is None:
             if not weights.is_file():
                 raise IdealInputError(weights, "snapshot missing: the run finished without writing it")
-            pred_dir = root / "curve_predictions"
-            shutil.rmtree(pred_dir, ignore_errors=True)
             # Curves track training, so they are single-pass (test_time_flips off unless the profile
             # sets it): every study keeps comparable points; benchmark_test_time_flips.py adds the flips.
             inference = {"test_time_flips": False, **network_overrides, **cfg.profile.inference}
-            run_bundle("inference", bundle_root=str(root), dataset_dir=str(eval_dir), output_dir=str(pred_dir),
-                       overwrite=True, model_path=str(weights), **inference)
-            summary = evaluate_folders(pred_dir, eval_dir, root / "curve_report", max_overlays=0)
-            shutil.rmtree(pred_dir, ignore_errors=True)
             point = {"kind": kind, "iteration": iteration, "train_seconds": seconds_at.get(iteration),
-                     **_metrics_row(summary)}
+                     **score_weights(root, weights, eval_dir, inference, "curve")[0]}
             _write_json(out, point)
             log(f"{root.name} {kind} @ {iteration}: mean DSC {point['dsc']:.3f}")
         points.append(point)

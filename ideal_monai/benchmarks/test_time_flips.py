@@ -10,40 +10,28 @@ benchmark resumes where it stopped and a second call only rebuilds the table.
 
 from __future__ import annotations
 
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..bundle_runner import run_bundle
 from ..errors import IdealInputError
-from .acdc import CPU_PROFILE, _metrics_row, _network_overrides, _read_json, _write_json
-from .convergence import KINDS
+from .acdc import CPU_PROFILE, _network_overrides, _read_json, _write_json
+from .convergence import KINDS, _fmt, score_weights
 
 __all__ = ["evaluate_test_time_flips", "format_test_time_flips"]
 
 
 def _evaluate(run_dir: Path, weights: Path, eval_dir: Path, flips: bool, inference: dict, out: Path, log) -> dict:
-    from ..evaluation import evaluate_folders
-
     row = _read_json(out)
     if row is not None:
         return row
     settings = _read_json(run_dir / "train_settings.json")
     if settings is None:
         raise IdealInputError(run_dir / "train_settings.json", "missing: not a run folder of benchmark_convergence.py")
-    pred_dir = run_dir / "flips_predictions"
-    shutil.rmtree(pred_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    run_bundle("inference", bundle_root=str(run_dir), dataset_dir=str(eval_dir), output_dir=str(pred_dir),
-               overwrite=True, model_path=str(weights), test_time_flips=flips,
-               **_network_overrides(settings["overrides"]), **inference)
-    seconds = time.perf_counter() - t0
-    summary = evaluate_folders(pred_dir, eval_dir, run_dir / "flips_report", max_overlays=0)
-    shutil.rmtree(pred_dir, ignore_errors=True)
-    row = {**_metrics_row(summary), "inference_seconds": seconds}
+    metrics, seconds = score_weights(run_dir, weights, eval_dir, {**_network_overrides(settings["overrides"]),
+                                                                  **inference, "test_time_flips": flips}, "flips")
+    row = {**metrics, "inference_seconds": seconds}
     _write_json(out, row)
-    log(f"{run_dir.name} {weights.name} flips={flips}: mean DSC {row['dsc']:.3f} ({seconds:.0f} s)")
+    log(f"{run_dir.name} {weights.name} flips={flips}: mean DSC {row['dsc']:.3f} ({row['inference_seconds']:.0f} s)")
     return row
 
 
@@ -80,10 +68,6 @@ def evaluate_test_time_flips(run_dirs: Sequence[Path], iteration: int, kinds: Se
             rows.append({"run": f"{run_dir.parent.name}/{run_dir.name}", "title": run["title"], "labeled": run["labeled"],
                          "kind": kind, "iteration": iteration, **pair})
     return rows
-
-
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def format_test_time_flips(rows: Sequence[dict]) -> str:

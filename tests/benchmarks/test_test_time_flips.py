@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ideal_monai.benchmarks import test_time_flips
+from ideal_monai.benchmarks import convergence, test_time_flips
 from ideal_monai.errors import IdealInputError
 
 
@@ -38,7 +38,7 @@ def test_rerun_reuses_the_stored_evaluations(flips, monkeypatch):
     def no_inference(*args, **kwargs):
         raise AssertionError("a stored evaluation was recomputed")
 
-    monkeypatch.setattr(test_time_flips, "run_bundle", no_inference)
+    monkeypatch.setattr(convergence, "run_bundle", no_inference)
     assert test_time_flips.evaluate_test_time_flips(run_dirs, iteration=8) == rows
     table = test_time_flips.format_test_time_flips(rows)
     assert table.count("\n") == 2 + len(rows)
