@@ -52,8 +52,8 @@ def main(argv=None) -> int:
                    help="in-plane mm (profile default: cpu 2.0 2.0, gpu none)")
     p.add_argument("--pretrain_minutes", type=float, default=None, help="pre-training budget (cpu default 10)")
     p.add_argument("--minutes_per_arm", type=float, default=None, help="training budget per arm (cpu default 10)")
-    p.add_argument("--checkpoint", choices=["final", "best"], default=None,
-                   help="weights evaluated: final (default) or best validation epoch")
+    p.add_argument("--checkpoint", choices=["final", "ema", "best"], default=None,
+                   help="weights evaluated: final (default), ema (moving average) or best validation epoch")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of the profile (repeatable), see above")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

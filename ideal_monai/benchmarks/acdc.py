@@ -24,7 +24,8 @@ under ``output_dir`` (so checkpoints never mix). Stages, each printed with the e
 4. **finetune** per arm and labeled count, into ``<arm>_labeled<n>/``.
 5. **inference + evaluation** per arm and eval set: ``inference`` into ``<arm dir>/predictions``,
    then :func:`~ideal_monai.evaluation.evaluate_folders` (per-class and mean DSC, HD95, ASD, failure
-   counts) into ``<arm dir>/report`` (other eval sets: ``predictions_<set>``, ``report_<set>``).
+   counts) into ``<arm dir>/report`` (other eval sets: ``predictions_<set>``, ``report_<set>``; other
+   weights than the final ones, ``--checkpoint ema|best``: ``..._<checkpoint>``).
 6. ``results.md`` + ``results.json`` in ``output_dir``: one row per arm x labeled count.
 
 How the arms get equal budgets (planned iterations plus a
@@ -64,6 +65,7 @@ __all__ = [
     "calibrate",
     "pretrain",
     "finetune",
+    "evaluation_dirs",
     "evaluate_run",
     "format_results",
     "run_acdc_benchmark",
@@ -85,6 +87,9 @@ RESERVED_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "splits
 
 #: Path keys a stage's overrides may hold that must not carry over to another stage.
 _PATH_KEYS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "model_path")
+
+#: ``--checkpoint`` choice -> the weight file of a fine-tuning run that is evaluated.
+CHECKPOINT_FILES = {"final": "model_final.pt", "ema": "model_ema.pt", "best": "model.pt"}
 
 #: Fraction of a time budget that the planned iterations should fill (the rest absorbs per-epoch
 #: checkpoint saves and noise, so the hard stop rarely cuts the schedule short).
@@ -139,7 +144,8 @@ class Profile:
             ``None``: every arm runs the configured iteration count.
         calibration_iterations: iterations timed per training kind to plan a budgeted run
             (the first is a warm-up and not used).
-        checkpoint: ``final`` (``model_final.pt``) or ``best`` (``model.pt``, best validation epoch).
+        checkpoint: ``final`` (``model_final.pt``), ``ema`` (``model_ema.pt``, the moving average of the
+            weights, ``ema_decay`` of ``train.json``) or ``best`` (``model.pt``, best validation epoch).
         max_overlays: overlay PNGs per report (worst cases first).
     """
 
@@ -155,8 +161,8 @@ class Profile:
     max_overlays: int = 4
 
     def __post_init__(self):
-        if self.checkpoint not in ("final", "best"):
-            raise IdealInputError("checkpoint", f"must be 'final' or 'best', got {self.checkpoint!r}")
+        if self.checkpoint not in CHECKPOINT_FILES:
+            raise IdealInputError("checkpoint", f"must be one of {sorted(CHECKPOINT_FILES)}, got {self.checkpoint!r}")
         for name in ("pretrain_minutes", "minutes_per_arm"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -522,17 +528,28 @@ def _metrics_row(summary: dict) -> dict:
     return row
 
 
+def evaluation_dirs(run_dir: Path, set_name: str, checkpoint: str = "final") -> tuple[Path, Path]:
+    """``(predictions, report)`` folders of one run, eval set and evaluated weights.
+
+    ``predictions`` / ``report`` for the validation set and the final weights; other sets add
+    ``_<set>``, other weights ``_<checkpoint>`` (``report_test_ema``), so evaluating the EMA or best
+    weights of finished runs keeps the final weights' reports beside them.
+    """
+    suffix = ("" if set_name == "val" else f"_{set_name}") + ("" if checkpoint == "final" else f"_{checkpoint}")
+    return run_dir / f"predictions{suffix}", run_dir / f"report{suffix}"
+
+
 def evaluate_run(cfg: AcdcBenchmarkConfig, run_dir: Path, network_overrides: dict, set_name: str, set_dir: Path,
                  skip_existing: bool, clock=print) -> dict:
     """``inference`` of ``set_dir`` with the run's weights, then :func:`evaluate_folders`; the metrics row.
 
-    Outputs: ``run_dir/predictions`` + ``run_dir/report`` for ``val``, ``..._<set>`` for other sets.
+    Outputs: :func:`evaluation_dirs` (``run_dir/predictions`` + ``run_dir/report`` for ``val`` and the
+    final weights).
     """
     from ..evaluation import evaluate_folders
 
-    suffix = "" if set_name == "val" else f"_{set_name}"
-    pred_dir, report_dir = run_dir / f"predictions{suffix}", run_dir / f"report{suffix}"
-    weights = "model_final.pt" if cfg.profile.checkpoint == "final" else "model.pt"
+    pred_dir, report_dir = evaluation_dirs(run_dir, set_name, cfg.profile.checkpoint)
+    weights = CHECKPOINT_FILES[cfg.profile.checkpoint]
     overrides = {**network_overrides, **cfg.profile.inference, "model_path": str(run_dir / "models" / weights)}
     settings_path, settings = report_dir / "benchmark_settings.json", _jsonable(overrides)
     if skip_existing and _read_json(settings_path) == settings and (old := _read_json(report_dir / "metrics.json")):
@@ -567,7 +584,7 @@ def format_results(results: dict) -> str:
         lines.append(f"- command: `{results['command']}`")
     lines += [f"- date: {results['date']}; data: `{results['data_dir']}`, splits `{results['splits_file']}`",
               f"- wall time of this invocation: {results['total_minutes']:.1f} min; evaluated weights: "
-              f"`{'model_final.pt' if results['profile']['checkpoint'] == 'final' else 'model.pt'}`"]
+              f"`{CHECKPOINT_FILES[results['profile']['checkpoint']]}`"]
     budget = results["profile"]["minutes_per_arm"]
     lines.append(f"- fine-tuning budget per arm: {budget:g} min of wall-clock training (hard stop), iterations planned "
                  "from a measured step time" if budget else "- fine-tuning budget per arm: the configured iteration count")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import IdealInputError
-from .acdc import ARMS, _num
+from .acdc import ARMS, _num, evaluation_dirs
 
 #: The arm every other arm is compared with, volume by volume.
 REFERENCE_ARM = "supervised"
@@ -92,7 +92,7 @@ def per_volume_dsc(metrics_csv: str | Path) -> dict[str, float]:
 def _metrics_csv(invocation: dict, run: dict, set_name: str) -> Path:
     # The run folder by name inside this output folder, so a moved or copied folder still works.
     run_dir = invocation["folder"] / Path(run["run_dir"]).name
-    return run_dir / ("report" if set_name == "val" else f"report_{set_name}") / "metrics.csv"
+    return evaluation_dirs(run_dir, set_name, invocation["profile"].get("checkpoint", "final"))[1] / "metrics.csv"
 
 
 def combine_seeds(folders: Sequence[str | Path]) -> dict:

@@ -6,6 +6,7 @@ runs all three arms on 6 phantom patients with a splits file of the ACDC form.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -108,6 +109,27 @@ def test_skip_existing_reuses_every_stage(benchmark):
     assert all(run["train"]["reused"] for run in benchmark["second"]["runs"])
     assert [r["eval"] for r in benchmark["second"]["runs"]] == [r["eval"] for r in benchmark["first"]["runs"]]
     assert {p: p.stat().st_mtime_ns for p in benchmark["mtimes"]} == benchmark["mtimes"]
+
+
+def test_checkpoint_ema_evaluates_the_moving_average_without_retraining(benchmark):
+    cfg = benchmark["cfg"]
+    ema_cfg = acdc.AcdcBenchmarkConfig(**{**vars(cfg), "profile": dataclasses.replace(TINY, checkpoint="ema")})
+    run_dir = cfg.run_dir("ideal", 1)
+    assert (run_dir / "models" / "model_ema.pt").is_file()
+    network = acdc._network_overrides(acdc._finetune_overrides(cfg, acdc.ARMS["ideal"], 1))
+    val_dir = acdc.prepare_eval_sets(cfg, clock=lambda message: None)["val"]
+    row = acdc.evaluate_run(ema_cfg, run_dir, network, "val", val_dir, skip_existing=True, clock=lambda message: None)
+    # a new evaluation from model_ema.pt, into its own folders beside the final weights' ones
+    assert acdc.evaluation_dirs(run_dir, "val", "ema") == (run_dir / "predictions_ema", run_dir / "report_ema")
+    settings = json.loads((run_dir / "report_ema" / "benchmark_settings.json").read_text())
+    assert settings["model_path"] == str(run_dir / "models" / "model_ema.pt")
+    assert len(list((run_dir / "predictions_ema").glob("*.nii.gz"))) == 4
+    assert row["n_cases"] == 4 and 0.0 <= row["dsc"] <= 1.0
+    final = json.loads((run_dir / "report" / "benchmark_settings.json").read_text())
+    assert final["model_path"] == str(run_dir / "models" / "model_final.pt")  # kept
+    assert {p: p.stat().st_mtime_ns for p in benchmark["mtimes"]} == benchmark["mtimes"]  # nothing retrained
+    with pytest.raises(IdealInputError, match="checkpoint"):
+        dataclasses.replace(TINY, checkpoint="last")
 
 
 def test_time_budget_handler_stops_an_engine():
