@@ -78,8 +78,9 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
         run name) in the study's order: ``title``, ``arm``, ``name``, ``labeled``, ``iteration`` (the last one
         every summarised seed reached), ``seeds`` (summarised), ``in_progress`` (``{seed: last
         iteration}`` of seeds that have not reached it), per-seed lists ``last`` / ``plateau`` /
-        ``peak`` / ``peak_iteration`` and their means / sds, and for non-reference runs whose
-        reference has the same seeds: ``margin`` (per seed), ``margin_mean``, ``margin_min``.
+        ``peak`` / ``peak_iteration`` and their means / sds, and for non-reference runs:
+        ``margin`` (per seed of ``margin_seeds``, the seeds where both the run and supervised-only
+        have finished), ``margin_mean``, ``margin_min``.
         ``curves``: ``{(labeled, name): {seed: [(iteration, dsc), ...]}}`` for the figure.
 
     Raises:
@@ -135,8 +136,12 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
 
     for row in rows:
         reference = next((r for r in rows if r["labeled"] == row["labeled"] and r["arm"] == REFERENCE_ARM), None)
-        if row["arm"] != REFERENCE_ARM and reference is not None and reference["seeds"] == row["seeds"]:
-            row["margin"] = [a - b for a, b in zip(row["plateau"], reference["plateau"])]
+        common = sorted(set(row["seeds"]) & set(reference["seeds"])) if reference is not None else []
+        if row["arm"] != REFERENCE_ARM and common:
+            plateau = dict(zip(row["seeds"], row["plateau"]))
+            ref_plateau = dict(zip(reference["seeds"], reference["plateau"]))
+            row["margin_seeds"] = common
+            row["margin"] = [plateau[s] - ref_plateau[s] for s in common]
             row["margin_mean"], row["margin_min"] = statistics.fmean(row["margin"]), min(row["margin"])
     return {"seeds": sorted(seen), "folders": [str(s["folder"]) for s in studies], "kind": kind,
             "plateau_points": plateau_points, "settings": first["settings"], "rows": rows, "curves": dict(curves)}
@@ -160,8 +165,8 @@ def format_study_seeds(summary: dict) -> str:
                   "| peak mean (iterations) | margin per seed | margin mean | margin min | in progress |",
                   "|---|---:|---:|---|---:|---|---:|---:|---|---:|---:|---|"]
         for r in (r for r in summary["rows"] if r["labeled"] == labeled):
-            margin = (" / ".join(f"{m:+.3f}" for m in r["margin"]) + f" | {r['margin_mean']:+.3f} | {r['margin_min']:+.3f}"
-                      if "margin" in r else "— | — | —")
+            margin = (" / ".join(f"{m:+.3f} (seed {s})" for m, s in zip(r["margin"], r["margin_seeds"]))
+                      + f" | {r['margin_mean']:+.3f} | {r['margin_min']:+.3f}" if "margin" in r else "— | — | —")
             progress = ", ".join(f"seed {s} at {it}" for s, it in r["in_progress"].items()) or "—"
             lines.append(f"| {r['title']} | {len(r['seeds'])} | {r['iteration']} | {_per_seed(r['last'])} "
                          f"| {r['last_mean']:.3f} ({_fmt(r['last_sd'])}) | {_per_seed(r['plateau'])} "

@@ -60,7 +60,7 @@ def test_plateau_peak_and_margin_per_seed(three_seeds):
     assert ideal["plateau"] == pytest.approx(list(plateau.values()))
     assert ideal["peak"] == pytest.approx([0.86, 0.87, 0.83]) and ideal["peak_iteration"] == [1500, 2000, 1500]
     margins = [plateau[s] - statistics.fmean(SUP[s][-3:]) for s in (0, 1, 2)]
-    assert ideal["margin"] == pytest.approx(margins)
+    assert ideal["margin"] == pytest.approx(margins) and ideal["margin_seeds"] == [0, 1, 2]
     assert ideal["margin_min"] == pytest.approx(min(margins)) and ideal["margin_mean"] == pytest.approx(statistics.fmean(margins))
     assert "margin" not in sup
 
@@ -78,7 +78,9 @@ def test_a_seed_still_training_is_listed_not_averaged(tmp_path):
     summary = combine_studies([done, running])
     sup, ideal = summary["rows"]
     assert sup["seeds"] == [0, 1] and ideal["seeds"] == [0] and ideal["in_progress"] == {1: 1000}
-    assert "margin" not in ideal  # supervised has two seeds here, IDEAL one: no like-for-like margin
+    # the margin is taken on the seeds both have finished: seed 0 only
+    assert ideal["margin_seeds"] == [0]
+    assert ideal["margin"] == pytest.approx([statistics.fmean(IDEAL[0][-3:]) - statistics.fmean(SUP[0][-3:])])
     markdown = format_study_seeds(summary)
     assert "seed 1 at 1000" in markdown and "## 3 labeled" in markdown
 
