@@ -198,7 +198,7 @@ def plot_study_seeds(summary: dict, path: str | Path) -> None:
             low = [min(c[i] for c in curves.values()) for i in iterations]
             high = [max(c[i] for c in curves.values()) for i in iterations]
             colour = colours.setdefault(r["title"], f"C{len(colours)}")
-            ax.plot(iterations, mean, "-o", ms=3, color=colour, label=f"{r['title']} ({len(r['seeds'])} seeds)")
+            ax.plot(iterations, mean, "-o", ms=3, color=colour, label=f"{r['title']} ({len(r['seeds'])} seed{'' if len(r['seeds']) == 1 else 's'})")
             ax.fill_between(iterations, low, high, color=colour, alpha=0.2)
         ax.set(title=f"{labeled} labeled patients ({summary['kind']} weights)", xlabel="fine-tuning iterations",
                ylabel="validation mean DSC")
