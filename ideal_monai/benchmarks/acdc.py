@@ -63,6 +63,7 @@ __all__ = [
     "plan_iterations",
     "prepare_eval_sets",
     "calibrate",
+    "steady_step_seconds",
     "pretrain",
     "finetune",
     "evaluation_dirs",
@@ -142,8 +143,8 @@ class Profile:
             ``max_epochs * iterations_per_epoch``.
         minutes_per_arm: wall-clock training budget of every fine-tuning arm (same for all);
             ``None``: every arm runs the configured iteration count.
-        calibration_iterations: iterations timed per training kind to plan a budgeted run
-            (the first is a warm-up and not used).
+        calibration_iterations: iterations timed per training kind to plan a budgeted run; the
+            step time is the median of the second half (the first iterations are slower: warm-up).
         checkpoint: ``final`` (``model_final.pt``), ``ema`` (``model_ema.pt``, the moving average of the
             weights, ``ema_decay`` of ``train.json``) or ``best`` (``model.pt``, best validation epoch).
         max_overlays: overlay PNGs per report (worst cases first).
@@ -156,7 +157,7 @@ class Profile:
     inference: dict = dataclasses.field(default_factory=dict)
     pretrain_minutes: float | None = None
     minutes_per_arm: float | None = None
-    calibration_iterations: int = 10
+    calibration_iterations: int = 30
     checkpoint: str = "final"
     max_overlays: int = 4
 
@@ -394,21 +395,30 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     return log, True
 
 
+def steady_step_seconds(step_times_s: Sequence[float]) -> float:
+    """The steady-state seconds per iteration of a short run: the median of the second half of its
+    step times (at least 2), so slow warm-up iterations and single slow outliers do not count."""
+    if len(step_times_s) < 2:
+        raise ValueError(f"need at least 2 step times, got {len(step_times_s)}")
+    return statistics.median(step_times_s[len(step_times_s) // 2:])
+
+
 def calibrate(cfg: AcdcBenchmarkConfig, stage: str, name: str, overrides: dict, clock=print) -> float:
     """Seconds per training iteration of ``stage`` with ``overrides``, from a short run in ``calibration/<name>``.
 
-    Runs :attr:`Profile.calibration_iterations` iterations (one epoch, no validation) and averages
-    the step times after the first (warm-up: first batch, allocator). Data loading and per-iteration
-    handlers are included, as in the real run.
+    Runs :attr:`Profile.calibration_iterations` iterations (one epoch, no validation) and takes the
+    median step time of the second half. The first iterations are slower than the steady state (first
+    batch, allocator, page faults): the mean after only the first one overestimated the step by 5-17 %
+    (docs/BENCHMARKS.md, "Result on the current recipe"), so budgeted arms stopped 1-2 minutes early.
+    Data loading and per-iteration handlers are included, as in the real run.
     """
     short = {**overrides, "max_epochs": 1, "iterations_per_epoch": cfg.profile.calibration_iterations}
     if "val_interval" in config_keys(stage):
         short["val_interval"] = 10**6
     log, ran = _train(stage, cfg.output_dir / "calibration" / name, short, None, cfg.skip_existing)
-    steps = log["step_times_s"][1:]
-    if not steps:
+    if len(log["step_times_s"]) < 2:
         raise IdealInputError(name, "calibration ran no timed iteration (is the labeled set empty?)")
-    step_s = statistics.fmean(steps)
+    step_s = steady_step_seconds(log["step_times_s"])
     clock(f"calibration {name}: {step_s:.3f} s/iteration{'' if ran else ' (reused)'}")
     return step_s
 

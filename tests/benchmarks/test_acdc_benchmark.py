@@ -155,6 +155,17 @@ def test_plan_iterations_fills_the_budget_in_whole_epochs():
     assert acdc.plan_iterations(1.0, 10.0, 50) == (1, 1)
 
 
+def test_calibration_step_time_ignores_the_slow_warm_up_and_outliers():
+    # Session 9's supervised calibration: the first steps are slower than the steady state, whose
+    # mean after the first (0.258 s) overestimated the 0.22-0.24 s of the real run.
+    warm_up = [0.90, 0.45, 0.40, 0.36, 0.33]
+    steady = [0.23, 0.22, 0.24, 0.23, 1.50, 0.22, 0.23, 0.24, 0.22, 0.23]  # one slow outlier (a stall)
+    assert acdc.steady_step_seconds(warm_up + steady) == 0.23
+    assert acdc.steady_step_seconds([1.0, 0.5]) == 0.5
+    with pytest.raises(ValueError, match="at least 2"):
+        acdc.steady_step_seconds([0.3])
+
+
 def test_sets_go_to_the_right_stage_and_bad_keys_are_refused():
     p = acdc.apply_sets(acdc.CPU_PROFILE, acdc.parse_sets(
         ["lambda_max=0.5", "pretrain.temperature=0.2", "features=[8, 16, 32, 64, 128]", "inference.largest_component=False"]))
