@@ -19,6 +19,26 @@ def test_feature_noise_range_and_per_sample():
     torch.testing.assert_close(r[0], r[3])
 
 
+def test_feature_noise_in_bfloat16_is_uniform_on_every_element():
+    # bf16 on the CPU takes the cheap path: eight grid values per 64-bit random word. Every one of
+    # the eight byte positions must be uniform on [0.7, 1.3] (a plain random_() would leave the top
+    # byte of each word in its lower half, i.e. every 8th element damped).
+    x = torch.ones(16, 32, 32, 32, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    factor = FeatureNoise(0.3).train()(x).float()
+    assert factor.dtype == torch.float32 and factor.min() >= 0.7 - 1e-3 and factor.max() <= 1.3 + 1e-3
+    by_position = factor.reshape(-1, 8)
+    torch.testing.assert_close(by_position.mean(0), torch.ones(8), atol=0.01, rtol=0)
+    torch.testing.assert_close(by_position.std(0), torch.full((8,), 0.6 / 12**0.5), atol=0.01, rtol=0)
+    assert factor.unique().numel() >= 50  # a fine grid, not a handful of levels
+    assert not torch.equal(factor[0], factor[1])
+    torch.manual_seed(0)
+    assert torch.equal(FeatureNoise(0.3).train()(x).float(), factor)  # torch's generator: repeatable
+    shared = FeatureNoise(0.3, per_sample=False).train()(x)
+    assert torch.equal(shared[0], shared[15])
+    assert FeatureNoise(0.3).train()(x).dtype == torch.bfloat16
+
+
 def test_feature_dropout_zeros_top_region():
     torch.manual_seed(0)
     x = torch.full((2, 4, 8, 8), 0.1)
