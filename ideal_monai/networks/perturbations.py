@@ -9,6 +9,7 @@ torch's generator (not numpy's, as in CCT), so ``monai.utils.set_determinism`` m
 from __future__ import annotations
 
 import math
+from typing import List
 
 import torch
 import torch.nn as nn
@@ -28,7 +29,7 @@ class FeatureNoise(nn.Module):
     element: the factor ``1 + n`` is rounded to bfloat16's 8-bit significand anyway (steps of
     0.004-0.008 near 1, coarser than the grid's 2r/255 = 0.0024), and the CPU ``uniform_`` kernel
     costs about 8 % of the CPU profile's bf16 training step (docs/BENCHMARKS.md, "Precision").
-    Other dtypes and devices use ``uniform_``.
+    Other dtypes and devices, and TorchScript (no ``Tensor.view(dtype)`` there), use ``uniform_``.
 
     Args:
         uniform_range: ``r``; the default 0.3 is METHOD §2's +-0.3.
@@ -47,21 +48,30 @@ class FeatureNoise(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.uniform_range == 0.0:
             return x
-        shape = x.shape if self.per_sample else (1, *x.shape[1:])
+        shape: List[int] = list(x.shape)
+        if not self.per_sample:
+            shape[0] = 1
         # Not in place: x is also the skip feature the other stream receives.
         return x * self._factor(shape, x)
 
-    def _factor(self, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    def _factor(self, shape: List[int], x: torch.Tensor) -> torch.Tensor:
         """``1 + n`` of ``shape``, in ``x``'s dtype and device."""
         r = self.uniform_range
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-            count = math.prod(shape)
-            # The full signed range: random_() alone leaves the top bit of each word 0.
-            words = torch.empty((count + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-            grid = words.view(torch.uint8)[:count].to(x.dtype).view(shape)  # 0..255, exact in bfloat16
-            return grid.mul_(2.0 * r / 255.0).add_(1.0 - r)
+        # TorchScript has no Tensor.view(dtype); a scripted module (export, eval) draws with uniform_.
+        if not torch.jit.is_scripting() and x.dtype == torch.bfloat16 and x.device.type == "cpu":
+            return self._bf16_grid_factor(shape)
         noise = torch.empty(shape, dtype=x.dtype, device=x.device).uniform_(-r, r)
         return noise.add_(1.0)
+
+    @torch.jit.unused
+    def _bf16_grid_factor(self, shape: List[int]) -> torch.Tensor:
+        """``1 + n`` with ``n`` on 256 equally spaced values in ``[-r, r]``, bfloat16, eight per random word."""
+        r = self.uniform_range
+        count = math.prod(shape)
+        # The full signed range: random_() alone leaves the top bit of each word 0.
+        words = torch.empty((count + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        grid = words.view(torch.uint8)[:count].to(torch.bfloat16).view(shape)  # 0..255, exact in bfloat16
+        return grid.mul_(2.0 * r / 255.0).add_(1.0 - r)
 
     def extra_repr(self) -> str:
         return f"uniform_range={self.uniform_range}, per_sample={self.per_sample}"
