@@ -13,7 +13,10 @@ and reports, per labeled count and run (arm and pre-training length), for one ki
 - **peak**: per seed the best snapshot and its iteration (chosen on the validation patients, so an
   optimistic number, shown to say how far the plateau is below the curve's best);
 - **margin**: the plateau minus the supervised-only plateau of the *same seed* and labeled count,
-  per seed, mean, and the smallest over seeds (a margin "holds over seeds" when the smallest does).
+  per seed, mean, and the smallest over seeds (a margin "holds over seeds" when the smallest does);
+- **detail**: at the last snapshot, the per-class DSC (RV, MYO, LV), HD95 and ASD averaged over
+  seeds, and the failures per seed ((volume, class) pairs where a present class got no voxel or an
+  absent one got some; ``n_cases`` volumes).
 
 Studies must have the same fine-tuning settings apart from ``seed`` (paths aside) and distinct
 seeds. A run is summarised over the seeds where it has reached the same last iteration; seeds still
@@ -36,6 +39,9 @@ __all__ = ["load_study", "combine_studies", "format_study_seeds", "plot_study_se
 
 #: The arm every other arm's margin is taken against.
 REFERENCE_ARM = "supervised"
+
+#: Per-class and distance metrics of a snapshot, averaged over seeds in the detail table.
+DETAIL_METRICS = ("RV", "MYO", "LV", "dsc", "hd95", "asd")
 
 #: Settings that may differ between studies of one comparison (paths, the seed itself).
 _NOT_COMPARED = ("seed", "dataset_dir", "splits_file", "pretrained_path")
@@ -81,6 +87,9 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
         ``peak`` / ``peak_iteration`` and their means / sds, and for non-reference runs:
         ``margin`` (per seed of ``margin_seeds``, the seeds where both the run and supervised-only
         have finished), ``margin_mean``, ``margin_min``.
+        ``detail``: ``{metric: mean over the summarised seeds}`` of :data:`DETAIL_METRICS` at the last
+        snapshot (metrics a snapshot lacks, or that are undefined, are left out), ``failures``
+        (per seed) and ``n_cases``.
         ``curves``: ``{(labeled, name): {seed: [(iteration, dsc), ...]}}`` for the figure.
 
     Raises:
@@ -107,6 +116,7 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
 
     # (labeled, run name) -> {seed: curve}; titles and arms from the run.json files
     curves: dict[tuple[int, str], dict[int, list]] = defaultdict(dict)
+    snapshots: dict[tuple[int, str], dict[int, dict[int, dict]]] = defaultdict(dict)  # {seed: {iteration: point}}
     meta: dict[tuple[int, str], dict] = {}
     for study in studies:
         for run in study["runs"]:
@@ -115,6 +125,7 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
             points = _curve(run, kind)
             if points:
                 curves[key][study["seed"]] = points
+                snapshots[key][study["seed"]] = {p["iteration"]: p for p in run["points"] if p["kind"] == kind}
 
     rows = []
     order = {name: i for i, name in enumerate(ARMS)}
@@ -132,6 +143,7 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
         peaks = [max(done[s], key=lambda p: p[1]) for s in row["seeds"]]
         row["peak"], row["peak_iteration"] = [p[1] for p in peaks], [p[0] for p in peaks]
         row["peak_mean"], row["peak_sd"] = _stats(row["peak"])
+        row.update(_detail([snapshots[key][s][end] for s in row["seeds"]]))
         rows.append(row)
 
     for row in rows:
@@ -145,6 +157,17 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
             row["margin_mean"], row["margin_min"] = statistics.fmean(row["margin"]), min(row["margin"])
     return {"seeds": sorted(seen), "folders": [str(s["folder"]) for s in studies], "kind": kind,
             "plateau_points": plateau_points, "settings": first["settings"], "rows": rows, "curves": dict(curves)}
+
+
+def _detail(points: list[dict]) -> dict:
+    """Mean per-class / distance metrics over seeds of one snapshot each, failures per seed."""
+    detail = {}
+    for metric in DETAIL_METRICS:
+        values = [p.get(metric) for p in points]
+        if values and all(v is not None and math.isfinite(v) for v in values):
+            detail[metric] = statistics.fmean(values)
+    return {"detail": detail, "failures": [p.get("failures") for p in points],
+            "n_cases": max((p.get("n_cases") or 0 for p in points), default=0)}
 
 
 def _per_seed(values: list[float]) -> str:
@@ -172,6 +195,16 @@ def format_study_seeds(summary: dict) -> str:
                          f"| {r['last_mean']:.3f} ({_fmt(r['last_sd'])}) | {_per_seed(r['plateau'])} "
                          f"| {r['plateau_mean']:.3f} ({_fmt(r['plateau_sd'])}) "
                          f"| {r['peak_mean']:.3f} ({', '.join(map(str, r['peak_iteration']))}) | {margin} | {progress} |")
+        volumes = max((r["n_cases"] for r in summary["rows"] if r["labeled"] == labeled), default=0)
+        lines += ["", f"At the last snapshot, mean over the seeds ({volumes} volumes; failures per seed: (volume, class) "
+                      "pairs where a present class got no voxel or an absent one got some):", "",
+                  "| run | seeds | iteration | RV | MYO | LV | mean DSC | HD95 (mm) | ASD (mm) | failures per seed |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in (r for r in summary["rows"] if r["labeled"] == labeled):
+            cells = " | ".join(f"{r['detail'][m]:.{3 if m not in ('hd95', 'asd') else 2}f}" if m in r["detail"] else "-"
+                               for m in DETAIL_METRICS)
+            failures = " / ".join("-" if f is None else str(f) for f in r["failures"])
+            lines.append(f"| {r['title']} | {len(r['seeds'])} | {r['iteration']} | {cells} | {failures} |")
     lines.append("")
     return "\n".join(lines)
 

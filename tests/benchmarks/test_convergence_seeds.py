@@ -35,7 +35,8 @@ def write_study(root: Path, seed: int, curves: dict, rotate: float = 45.0) -> Pa
         (run / "train_settings.json").write_text(json.dumps({"stage": "finetune", "overrides": overrides}))
         for it, dsc in zip(ITERATIONS, dscs):
             for kind, value in (("ema", dsc), ("final", dsc - 0.01)):
-                point = {"kind": kind, "iteration": it, "dsc": value, "failures": 0, "n_cases": 20}
+                point = {"kind": kind, "iteration": it, "dsc": value, "RV": value - 0.1, "MYO": value, "LV": value + 0.1,
+                         "hd95": 10 * (1 - value), "asd": 2.0, "failures": seed, "n_cases": 20}
                 (run / "curve" / f"{kind}_{it:06d}.json").write_text(json.dumps(point))
     return folder
 
@@ -63,6 +64,11 @@ def test_plateau_peak_and_margin_per_seed(three_seeds):
     assert ideal["margin"] == pytest.approx(margins) and ideal["margin_seeds"] == [0, 1, 2]
     assert ideal["margin_min"] == pytest.approx(min(margins)) and ideal["margin_mean"] == pytest.approx(statistics.fmean(margins))
     assert "margin" not in sup
+    # the detail of the last snapshot: per class, distances, failures per seed
+    assert ideal["detail"]["RV"] == pytest.approx(statistics.fmean([0.84, 0.87, 0.82]) - 0.1)
+    assert ideal["detail"]["LV"] == pytest.approx(statistics.fmean([0.84, 0.87, 0.82]) + 0.1)
+    assert ideal["detail"]["hd95"] == pytest.approx(10 * (1 - statistics.fmean([0.84, 0.87, 0.82])))
+    assert ideal["failures"] == [0, 1, 2] and ideal["n_cases"] == 20
 
 
 def test_final_weights_and_a_one_point_plateau(three_seeds):
@@ -90,6 +96,8 @@ def test_markdown_and_figure(three_seeds, tmp_path):
     markdown = format_study_seeds(summary)
     row = next(line for line in markdown.splitlines() if line.startswith("| IDEAL |"))
     assert "| 3 | 2000 | 0.840 / 0.870 / 0.820 |" in row and "+0.0" in row
+    detail = [line for line in markdown.splitlines() if line.startswith("| IDEAL |")][1]
+    assert detail == "| IDEAL | 3 | 2000 | 0.743 | 0.843 | 0.943 | 0.843 | 1.57 | 2.00 | 0 / 1 / 2 |"
     figure = tmp_path / "seeds.png"
     plot_study_seeds(summary, figure)
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
