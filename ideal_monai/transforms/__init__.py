@@ -2,8 +2,10 @@
 
 - :mod:`.paired_views`: two augmented views of a slice plus their dense feature-map correspondence,
   for the dense local contrastive pre-training (METHOD §3; sources in bundle/docs/README.md).
+- :mod:`.heart_components`: inference post-processing, the heart's largest component then each structure's.
 """
 
+from .heart_components import KeepHeartComponentsd
 from .paired_views import (
     RandPairedViewsd,
     RandPairedViewsD,
@@ -16,6 +18,7 @@ from .paired_views import (
 )
 
 __all__ = [
+    "KeepHeartComponentsd",
     "RandPairedViewsd",
     "RandPairedViewsD",
     "RandPairedViewsDict",
