@@ -6,6 +6,7 @@ checkpoint, evaluation from the last evaluated snapshot). See ideal_monai/benchm
     python scripts/benchmark_convergence.py --output_dir conv --labeled 3 7 --iterations 6000
     python scripts/benchmark_convergence.py --output_dir conv --arms ideal --pretrain_iterations 1500 6000
     python scripts/benchmark_convergence.py --output_dir conv --set precision=fp32   # any config override
+    python scripts/benchmark_convergence.py --output_dir conv --rescore --kinds ema   # after an inference change
     # two processes, one thread each, sharing the study folder (different arms):
     python scripts/benchmark_convergence.py --output_dir conv --arms supervised consistency --threads 1 &
     python scripts/benchmark_convergence.py --output_dir conv --arms ideal --threads 1
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from ideal_monai.benchmarks.acdc import ARMS, PROFILES, apply_sets, default_data_dir, parse_sets  # noqa: E402
-from ideal_monai.benchmarks.convergence import ConvergenceConfig, run_convergence  # noqa: E402
+from ideal_monai.benchmarks.convergence import KINDS, ConvergenceConfig, rescore, run_convergence  # noqa: E402
 from ideal_monai.errors import IdealInputError  # noqa: E402
 
 
@@ -43,6 +44,12 @@ def main(argv=None) -> int:
     p.add_argument("--report_only", action="store_true",
                    help="only rebuild results.md / results.json / convergence.png from what --output_dir holds now "
                         "(e.g. while the study still runs)")
+    p.add_argument("--rescore", action="store_true",
+                   help="train nothing: re-evaluate the kept snapshots of --arms/--labeled whose curve points were "
+                        "scored after another post-processing than this checkout's inference (e.g. before the "
+                        "heart-first step); --set inference.KEY applies")
+    p.add_argument("--kinds", nargs="+", choices=list(KINDS), default=list(KINDS),
+                   help="with --rescore: which snapshots (default both)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's). Two processes of one thread each may share "
                         "--output_dir on different --arms (docs/BENCHMARKS.md, section Convergence curves)")
@@ -67,6 +74,16 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.rescore:
+        if not args.output_dir.is_dir():
+            p.error(f"{args.output_dir}: no such study folder")
+        try:
+            count = rescore(cfg, kinds=args.kinds)
+        except IdealInputError as e:
+            p.error(str(e))
+        print(f"rescored {count} curve points")
+        print((cfg.output_dir / "results.md").read_text())
+        return 0
     command = "python scripts/benchmark_convergence.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
     run_convergence(cfg, command=command)
     print((cfg.output_dir / "results.md").read_text())

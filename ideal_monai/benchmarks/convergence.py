@@ -17,6 +17,10 @@ study that takes many hours runs in pieces (rerun the same command; nothing fini
    into ``<run>/curve/<kind>_<i>.json``.
 4. ``results.json``, ``results.md`` and the figure ``convergence.png`` from whatever is finished.
 
+Every curve point records the post-processing it was scored after (``post_processing``). When the
+inference code changes, :func:`rescore` re-evaluates the kept snapshots whose points were scored
+otherwise, so one curve never mixes two post-processings without saying so.
+
 Arms are those of :data:`~ideal_monai.benchmarks.acdc.ARMS`; the IDEAL arm is run once per
 pre-training length (``ideal`` for the first, ``ideal_pre<N>`` for the others).
 """
@@ -42,6 +46,18 @@ __all__ = ["ConvergenceConfig", "run_convergence", "collect_results", "write_res
 
 #: Snapshot kinds: the trained weights and their exponential moving average.
 KINDS = {"final": "model_iter{iteration:06d}.pt", "ema": "model_ema_iter{iteration:06d}.pt"}
+
+#: ``post_processing`` of curve points written before it was recorded (before the heart-first step of
+#: :class:`~ideal_monai.transforms.KeepHeartComponentsd`): MONAI's per-class largest component.
+LEGACY_POST_PROCESSING = "per_class_largest_component"
+
+
+def post_processing(inference: dict) -> str:
+    """The post-processing the bundle's ``inference`` applies with the overrides ``inference``."""
+    from ..bundle_runner import config_path
+
+    default = json.loads(config_path("inference").read_text()).get("largest_component", True)
+    return "heart_then_per_class_largest_component" if inference.get("largest_component", default) else "none"
 
 
 
@@ -221,13 +237,61 @@ def evaluate_snapshot(cfg: ConvergenceConfig, root: Path, iteration: int, networ
                 raise IdealInputError(weights, "snapshot missing: the run finished without writing it")
             # Curves track training, so they are single-pass (test_time_flips off unless the profile
             # sets it): every study keeps comparable points; benchmark_test_time_flips.py adds the flips.
-            inference = {"test_time_flips": False, **network_overrides, **cfg.profile.inference}
+            inference = _curve_inference(cfg, network_overrides)
             point = {"kind": kind, "iteration": iteration, "train_seconds": seconds_at.get(iteration),
+                     "post_processing": post_processing(inference),
                      **score_weights(root, weights, eval_dir, inference, "curve")[0]}
             _write_json(out, point)
             log(f"{root.name} {kind} @ {iteration}: mean DSC {point['dsc']:.3f}")
         points.append(point)
     return points
+
+
+def _curve_inference(cfg: ConvergenceConfig, network_overrides: dict) -> dict:
+    """Inference overrides of every curve point: single pass (``test_time_flips`` off unless the profile
+    sets it), the run's network keys, the profile's inference keys."""
+    return {"test_time_flips": False, **network_overrides, **cfg.profile.inference}
+
+
+def rescore(cfg: ConvergenceConfig, kinds: Sequence[str] = tuple(KINDS), log=print) -> int:
+    """Re-evaluate the kept snapshots of ``cfg``'s runs whose curve points were scored after another
+    post-processing than this checkout's inference applies; trains nothing. Returns how many were rescored.
+
+    Each rewritten point keeps what it replaces under ``previous`` (``post_processing`` and mean DSC).
+    Resumable like the rest (a rerun skips points already rescored). Predictions go to
+    ``<run>/rescore_predictions``, so a study process still training the run (its own ``curve_*`` folders)
+    is not disturbed; its new points are scored by its own code.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise IdealInputError("kinds", f"must be some of {sorted(KINDS)}, got {list(kinds)!r}")
+    eval_dir = prepare_eval_sets(cfg.acdc, log)["val"]
+    done = 0
+    for labeled in cfg.labeled:
+        for name, _, _ in cfg.runs():
+            root = cfg.output_dir / f"{name}_labeled{labeled}"
+            settings = _read_json(root / "train_settings.json")
+            if settings is None:
+                continue
+            inference = _curve_inference(cfg, _network_overrides(settings["overrides"]))
+            wanted = post_processing(inference)
+            for kind in kinds:
+                for path in sorted((root / "curve").glob(f"{kind}_*.json")):
+                    point = _read_json(path)
+                    if point is None or point.get("post_processing", LEGACY_POST_PROCESSING) == wanted:
+                        continue
+                    weights = root / "models" / KINDS[kind].format(iteration=point["iteration"])
+                    if not weights.is_file():
+                        raise IdealInputError(weights, f"snapshot missing: cannot rescore {path}")
+                    row = score_weights(root, weights, eval_dir, inference, "rescore")[0]
+                    previous = {"post_processing": point.get("post_processing", LEGACY_POST_PROCESSING),
+                                "dsc": point.get("dsc")}
+                    _write_json(path, {**point, **row, "post_processing": wanted, "previous": previous})
+                    log(f"{root.name} {kind} @ {point['iteration']}: mean DSC {previous['dsc']:.3f} -> {row['dsc']:.3f} "
+                        f"({previous['post_processing']} -> {wanted})")
+                    done += 1
+    write_results(cfg.output_dir)
+    return done
 
 
 def run_convergence(cfg: ConvergenceConfig, command: str | None = None) -> dict:
@@ -298,7 +362,8 @@ def format_convergence(results: dict) -> str:
     if results.get("command"):
         lines += [f"- command: `{results['command']}`"]
     lines += [f"- {results['iterations']} fine-tuning iterations per run (table: every evaluated snapshot)",
-              f"- finetune settings of the runs: `{json.dumps(results['finetune_overrides'])}`", ""]
+              f"- finetune settings of the runs: `{json.dumps(results['finetune_overrides'])}`",
+              f"- post-processing before scoring: {_post_processing_summary(results['runs'])}", ""]
     for labeled in sorted({r["labeled"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["labeled"] == labeled]
         iters = sorted({p["iteration"] for r in runs for p in r["points"]})
@@ -324,6 +389,16 @@ def format_convergence(results: dict) -> str:
                                  f"| {_fmt(p['asd'], 2)} | {p['failures']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _post_processing_summary(runs: list[dict]) -> str:
+    """``name`` when every point was scored after the same post-processing, else which run used what."""
+    used = {r["name"] + f"_labeled{r['labeled']}": sorted({p.get("post_processing", LEGACY_POST_PROCESSING)
+                                                          for p in r["points"]}) for r in runs}
+    every = sorted({name for names in used.values() for name in names})
+    if len(every) <= 1:
+        return f"`{every[0]}`" if every else "-"
+    return "**mixed**: " + "; ".join(f"{run}: " + ", ".join(f"`{n}`" for n in names) for run, names in used.items())
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -3,7 +3,9 @@ run interrupted after a checkpoint that resumes instead of starting over."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -63,3 +65,50 @@ def test_bad_settings_name_the_setting(synthetic_dataset, tmp_path, kwargs, key)
     with pytest.raises(IdealInputError, match=key):
         convergence.ConvergenceConfig(output_dir=tmp_path / "o", data_dir=synthetic_dataset, splits_file=splits,
                                       labeled=(1,), epoch_length=2, **{"iterations": 8, "eval_every": 4, **kwargs})
+
+
+def test_points_record_their_post_processing(study):
+    for run in study["results"]["runs"]:
+        assert {p["post_processing"] for p in run["points"]} == {"heart_then_per_class_largest_component"}
+    assert "post-processing before scoring: `heart_then_per_class_largest_component`" in \
+        (study["cfg"].output_dir / "results.md").read_text()
+
+
+def test_rescore_reevaluates_only_points_scored_otherwise(study, tmp_path):
+    """An old point (no ``post_processing`` key, a stale DSC) is re-evaluated from its kept snapshot with
+    today's inference; current points and other kinds are left alone; a rerun rescores nothing."""
+    out = tmp_path / "study"
+    shutil.copytree(study["cfg"].output_dir, out)
+    cfg = dataclasses.replace(study["cfg"], output_dir=out)
+    old_path = out / "ideal_labeled1" / "curve" / "ema_000008.json"
+    truth = json.loads(old_path.read_text())
+    legacy = {k: v for k, v in truth.items() if k != "post_processing"} | {"dsc": 0.123}
+    old_path.write_text(json.dumps(legacy))
+    final_path = out / "ideal_labeled1" / "curve" / "final_000008.json"
+    final_path.write_text(json.dumps({k: v for k, v in json.loads(final_path.read_text()).items()
+                                      if k != "post_processing"}))
+    untouched = {p: p.read_bytes() for p in out.glob("*/curve/*.json") if p != old_path}
+
+    assert convergence.rescore(cfg, kinds=("ema",), log=lambda m: None) == 1
+    point = json.loads(old_path.read_text())
+    assert point["post_processing"] == "heart_then_per_class_largest_component"
+    assert point["previous"] == {"post_processing": convergence.LEGACY_POST_PROCESSING, "dsc": 0.123}
+    assert point["dsc"] == pytest.approx(truth["dsc"], abs=1e-6)  # the same weights scored the same way
+    assert {p: p.read_bytes() for p in untouched} == untouched
+    assert not (out / "ideal_labeled1" / "rescore_predictions").exists()
+    assert "**mixed**" in (out / "results.md").read_text()  # the final point is still the legacy one
+
+    assert convergence.rescore(cfg, kinds=("ema",), log=lambda m: None) == 0
+
+
+def test_rescore_follows_the_inference_settings(study, tmp_path):
+    out = tmp_path / "study"
+    shutil.copytree(study["cfg"].output_dir, out)
+    profile = dataclasses.replace(study["cfg"].profile,
+                                  inference={**study["cfg"].profile.inference, "largest_component": False})
+    cfg = dataclasses.replace(study["cfg"], output_dir=out, profile=profile)
+    assert convergence.rescore(cfg, kinds=("ema",), log=lambda m: None) == 4  # 2 runs x 2 snapshots
+    points = [json.loads(p.read_text()) for p in out.glob("*/curve/ema_*.json")]
+    assert {p["post_processing"] for p in points} == {"none"}
+    with pytest.raises(IdealInputError, match="kinds"):
+        convergence.rescore(cfg, kinds=("best",))

@@ -142,3 +142,22 @@ def test_script_writes_table_and_figure_or_fails_with_one_line(three_seeds, tmp_
     assert summarize_convergence_seeds.main([str(three_seeds[0]), str(three_seeds[0]), "--output", str(bad)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "seeds must differ" in err and not bad.exists()
+
+
+def test_says_which_post_processing_the_summarised_points_had(three_seeds):
+    """Points without the key are the legacy per-class scoring; a table mixing two says so, by run."""
+    assert "post-processing before scoring (the summarised snapshots): `per_class_largest_component`" in \
+        format_study_seeds(combine_studies(three_seeds))
+    for folder in three_seeds:
+        for path in (folder / "ideal_labeled7" / "curve").glob("ema_*.json"):
+            path.write_text(json.dumps({**json.loads(path.read_text()), "post_processing": "heart"}))
+    summary = combine_studies(three_seeds)
+    assert [r["post_processing"] for r in summary["rows"]] == [["per_class_largest_component"], ["heart"]]
+    assert "**mixed**: supervised (7 labeled): per_class_largest_component; IDEAL (7 labeled): heart" in \
+        format_study_seeds(summary)
+    # only the summarised snapshots count: a rescored plateau is not "mixed" because of older points
+    for folder in three_seeds:
+        for path in (folder / "supervised_labeled7" / "curve").glob("ema_*.json"):
+            if not path.name.endswith("000500.json"):
+                path.write_text(json.dumps({**json.loads(path.read_text()), "post_processing": "heart"}))
+    assert "(the summarised snapshots): `heart`" in format_study_seeds(combine_studies(three_seeds))
