@@ -146,7 +146,7 @@ def volume_preprocessing(
 def slice_augmentation(
     keys: Sequence[str] = ("image", "label"),
     prob: float = 0.5,
-    rotate_deg: float = 20.0,
+    rotate_deg: float = 45.0,
     scale: float = 0.15,
     translate_px: float = 0.0,
     intensity: float = 0.0,
