@@ -54,10 +54,24 @@ LEGACY_POST_PROCESSING = "per_class_largest_component"
 
 def post_processing(inference: dict) -> str:
     """The post-processing the bundle's ``inference`` applies with the overrides ``inference``."""
-    from ..bundle_runner import config_path
+    from .bundle_config import bundle_config
 
-    default = json.loads(config_path("inference").read_text()).get("largest_component", True)
-    return "heart_then_per_class_largest_component" if inference.get("largest_component", default) else "none"
+    return "heart_then_per_class_largest_component" if bundle_config("inference", inference).get(
+        "largest_component") else "none"
+
+
+def scored_with(point: dict) -> str:
+    """The post-processing a curve point was scored after."""
+    return point.get("post_processing", LEGACY_POST_PROCESSING)
+
+
+def describe_post_processing(used: dict[str, Sequence[str]]) -> str:
+    """One line for a table: ``"`name`"`` when every group in ``used`` (group -> post-processings of its
+    points) had the same one, else ``**mixed**: group: a, b; ...``."""
+    every = sorted({name for names in used.values() for name in names})
+    if len(every) <= 1:
+        return f"`{every[0]}`" if every else "-"
+    return "**mixed**: " + "; ".join(f"{group}: " + ", ".join(names) for group, names in used.items())
 
 
 
@@ -278,14 +292,13 @@ def rescore(cfg: ConvergenceConfig, kinds: Sequence[str] = tuple(KINDS), log=pri
             for kind in kinds:
                 for path in sorted((root / "curve").glob(f"{kind}_*.json")):
                     point = _read_json(path)
-                    if point is None or point.get("post_processing", LEGACY_POST_PROCESSING) == wanted:
+                    if point is None or scored_with(point) == wanted:
                         continue
                     weights = root / "models" / KINDS[kind].format(iteration=point["iteration"])
                     if not weights.is_file():
                         raise IdealInputError(weights, f"snapshot missing: cannot rescore {path}")
                     row = score_weights(root, weights, eval_dir, inference, "rescore")[0]
-                    previous = {"post_processing": point.get("post_processing", LEGACY_POST_PROCESSING),
-                                "dsc": point.get("dsc")}
+                    previous = {"post_processing": scored_with(point), "dsc": point.get("dsc")}
                     _write_json(path, {**point, **row, "post_processing": wanted, "previous": previous})
                     log(f"{root.name} {kind} @ {point['iteration']}: mean DSC {previous['dsc']:.3f} -> {row['dsc']:.3f} "
                         f"({previous['post_processing']} -> {wanted})")
@@ -363,7 +376,9 @@ def format_convergence(results: dict) -> str:
         lines += [f"- command: `{results['command']}`"]
     lines += [f"- {results['iterations']} fine-tuning iterations per run (table: every evaluated snapshot)",
               f"- finetune settings of the runs: `{json.dumps(results['finetune_overrides'])}`",
-              f"- post-processing before scoring: {_post_processing_summary(results['runs'])}", ""]
+              "- post-processing before scoring: " + describe_post_processing(
+                  {f"{r['name']}_labeled{r['labeled']}": sorted({scored_with(p) for p in r["points"]})
+                   for r in results["runs"]}), ""]
     for labeled in sorted({r["labeled"] for r in results["runs"]}):
         runs = [r for r in results["runs"] if r["labeled"] == labeled]
         iters = sorted({p["iteration"] for r in runs for p in r["points"]})
@@ -389,16 +404,6 @@ def format_convergence(results: dict) -> str:
                                  f"| {_fmt(p['asd'], 2)} | {p['failures']} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _post_processing_summary(runs: list[dict]) -> str:
-    """``name`` when every point was scored after the same post-processing, else which run used what."""
-    used = {r["name"] + f"_labeled{r['labeled']}": sorted({p.get("post_processing", LEGACY_POST_PROCESSING)
-                                                          for p in r["points"]}) for r in runs}
-    every = sorted({name for names in used.values() for name in names})
-    if len(every) <= 1:
-        return f"`{every[0]}`" if every else "-"
-    return "**mixed**: " + "; ".join(f"{run}: " + ", ".join(f"`{n}`" for n in names) for run, names in used.items())
 
 
 def _fmt(value, digits: int = 3) -> str:

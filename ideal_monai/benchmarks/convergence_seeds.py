@@ -33,7 +33,7 @@ from typing import Sequence
 
 from ..errors import IdealInputError
 from .acdc import ARMS
-from .convergence import KINDS, LEGACY_POST_PROCESSING, _fmt, _label, collect_results
+from .convergence import KINDS, _fmt, _label, collect_results, describe_post_processing, scored_with
 
 __all__ = ["load_study", "combine_studies", "format_study_seeds", "plot_study_seeds"]
 
@@ -145,7 +145,7 @@ def combine_studies(folders: Sequence[str | Path], kind: str = "ema", plateau_po
         row["peak_mean"], row["peak_sd"] = _stats(row["peak"])
         row.update(_detail([snapshots[key][s][end] for s in row["seeds"]]))
         # what the summarised snapshots (plateau and last) were scored after: a table must not mix them unsaid
-        row["post_processing"] = sorted({snapshots[key][s][it].get("post_processing", LEGACY_POST_PROCESSING)
+        row["post_processing"] = sorted({scored_with(snapshots[key][s][it])
                                          for s in row["seeds"] for it, _ in done[s][-plateau_points:]})
         rows.append(row)
 
@@ -173,14 +173,6 @@ def _detail(points: list[dict]) -> dict:
             "n_cases": max((p.get("n_cases") or 0 for p in points), default=0)}
 
 
-def _post_processing_line(rows: list[dict]) -> str:
-    every = sorted({name for r in rows for name in r["post_processing"]})
-    if len(every) <= 1:
-        return f"`{every[0]}`" if every else "-"
-    return "**mixed**: " + "; ".join(f"{r['title']} ({r['labeled']} labeled): " + ", ".join(r["post_processing"])
-                                     for r in rows)
-
-
 def _per_seed(values: list[float]) -> str:
     return " / ".join(f"{v:.3f}" for v in values)
 
@@ -193,7 +185,8 @@ def format_study_seeds(summary: dict) -> str:
              f"- weights: `{kind}` snapshots; *plateau*: mean of the last {n} snapshots per seed; *margin*: plateau minus "
              "supervised-only's plateau of the same seed (mean over seeds, and the smallest)",
              f"- fine-tuning settings (all studies): `{summary['settings']}`",
-             f"- post-processing before scoring (the summarised snapshots): {_post_processing_line(summary['rows'])}"]
+             "- post-processing before scoring (the summarised snapshots): " + describe_post_processing(
+                 {f"{r['title']} ({r['labeled']} labeled)": r["post_processing"] for r in summary["rows"]})]
     for labeled in sorted({r["labeled"] for r in summary["rows"]}):
         lines += ["", f"## {labeled} labeled", "",
                   "| run | seeds | iteration | last, per seed | last mean (sd) | plateau, per seed | plateau mean (sd) "
