@@ -409,7 +409,7 @@ def calibrate(cfg: AcdcBenchmarkConfig, stage: str, name: str, overrides: dict, 
     Runs :attr:`Profile.calibration_iterations` iterations (one epoch, no validation) and takes the
     median step time of the second half. The first iterations are slower than the steady state (first
     batch, allocator, page faults): the mean after only the first one overestimated the step by 5-17 %
-    (docs/BENCHMARKS.md, "Result on the current recipe"), so budgeted arms stopped 1-2 minutes early.
+    (docs/BENCHMARKS.md, "Result at 20 degrees"), so budgeted arms stopped 1-2 minutes early.
     Data loading and per-iteration handlers are included, as in the real run.
     """
     short = {**overrides, "max_epochs": 1, "iterations_per_epoch": cfg.profile.calibration_iterations}
