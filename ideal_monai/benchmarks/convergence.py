@@ -56,8 +56,12 @@ def post_processing(inference: dict) -> str:
     """The post-processing the bundle's ``inference`` applies with the overrides ``inference``."""
     from .bundle_config import bundle_config
 
-    return "heart_then_per_class_largest_component" if bundle_config("inference", inference).get(
-        "largest_component") else "none"
+    config = bundle_config("inference", inference)
+    if not config.get("largest_component"):
+        return "none"
+    bridge = float(config.get("heart_bridge_mm", 0.0))
+    return f"heart_bridged_{bridge:g}mm_then_per_class_largest_component" if bridge > 0 else \
+        "heart_then_per_class_largest_component"
 
 
 def scored_with(point: dict) -> str:

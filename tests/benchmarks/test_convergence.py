@@ -74,6 +74,12 @@ def test_points_record_their_post_processing(study):
         (study["cfg"].output_dir / "results.md").read_text()
 
 
+def test_post_processing_name_changes_with_every_setting_that_changes_the_scores():
+    assert convergence.post_processing({}) == "heart_then_per_class_largest_component"
+    assert convergence.post_processing({"heart_bridge_mm": 4.0}) == "heart_bridged_4mm_then_per_class_largest_component"
+    assert convergence.post_processing({"largest_component": False, "heart_bridge_mm": 4.0}) == "none"
+
+
 def test_rescore_reevaluates_only_points_scored_otherwise(study, tmp_path):
     """An old point (no ``post_processing`` key, a stale DSC) is re-evaluated from its kept snapshot with
     today's inference; current points and other kinds are left alone; a rerun rescores nothing."""

@@ -4,6 +4,7 @@ import torch
 from monai.data import MetaTensor
 
 from ideal_monai.transforms import KeepHeartComponentsd
+from ideal_monai.transforms.heart_components import in_plane_ball
 
 RV, MYO, LV = 1, 2, 3
 
@@ -43,3 +44,66 @@ def test_empty_labels_is_the_identity_and_metadata_is_kept():
     out = KeepHeartComponentsd("pred")({"pred": labels})["pred"]
     assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "patient030_frame02.nii.gz"
     assert out.dtype == labels.dtype and out.shape == labels.shape
+
+
+def _heart_with_rv_apart(gap: int) -> torch.Tensor:
+    """``(1, 40, 40, 3)``: MYO ring around the LV, the RV ``gap`` background voxels beside the MYO (a free
+    wall predicted as background), and a far LV-labelled blob."""
+    labels = torch.zeros(1, 40, 40, 3, dtype=torch.uint8)
+    labels[0, 5:15, 5:15] = MYO
+    labels[0, 7:13, 7:13] = LV  # 6 x 6 x 3 = 108 voxels
+    labels[0, 4:16, 15 + gap:25 + gap] = RV  # 12 x 10 x 3 = 360 voxels: the largest structure
+    labels[0, 32:38, 32:38] = LV  # far false positive, 3 x 3 ... 6 x 6 x 3
+    return labels
+
+
+def test_bridge_keeps_a_true_rv_a_few_voxels_from_the_myocardium():
+    labels = _heart_with_rv_apart(gap=2)
+    rv = (labels == RV).sum()
+    # Without a bridge the RV (the larger piece) is "the heart", and MYO and LV are deleted.
+    plain = KeepHeartComponentsd("pred")({"pred": labels})["pred"]
+    assert (plain == MYO).sum() == 0 and (plain == LV).sum() == 0 and (plain == RV).sum() == rv
+    spaced = MetaTensor(labels.clone(), affine=torch.diag(torch.tensor([1.5, 1.5, 10.0, 1.0])))
+    out = KeepHeartComponentsd("pred", bridge_mm=3.0)({"pred": spaced})["pred"]
+    assert (out == RV).sum() == rv and (out == MYO).sum() == (labels == MYO).sum()
+    assert (out[0, 7:13, 7:13] == LV).all() and (out[0, 32:38, 32:38] == 0).all()  # the far blob still goes
+    assert torch.equal(spaced.as_tensor(), labels)  # input untouched, nothing added
+    # The bridge is in mm: 3 mm at 1.5 mm spacing spans 2 voxels, not a gap of 3.
+    wider = MetaTensor(_heart_with_rv_apart(gap=3), affine=torch.diag(torch.tensor([1.5, 1.5, 10.0, 1.0])))
+    assert (KeepHeartComponentsd("pred", bridge_mm=3.0)({"pred": wider})["pred"] == MYO).sum() == 0
+
+
+def test_bridge_never_joins_across_slices():
+    labels = torch.zeros(1, 20, 20, 5, dtype=torch.uint8)
+    labels[0, 2:10, 2:10, 0:2] = MYO  # slices 0-1
+    labels[0, 2:6, 2:6, 4] = LV  # slice 4: two empty slices between, same in-plane place
+    out = KeepHeartComponentsd("pred", bridge_mm=5.0)({"pred": labels})["pred"]
+    assert (out == LV).sum() == 0 and (out == MYO).sum() == (labels == MYO).sum()
+
+
+def test_in_plane_ball_follows_the_spacing():
+    ball = in_plane_ball(3.0, (1.5, 1.0, 10.0))
+    assert ball.shape == (5, 7, 1) and ball[2, 3, 0] and ball[0, 3, 0] and not ball[0, 0, 0]
+    assert in_plane_ball(3.0, (1.0, 1.0, 1.0), slice_axis=0).shape == (1, 7, 7)
+
+
+def test_inference_config_passes_the_bridge_and_the_switch():
+    """``inference.json``'s post-processing builds this transform from ``largest_component`` and
+    ``heart_bridge_mm`` (what ``--heart_bridge_mm 3`` on the command line reaches)."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
+
+    def heart_step(**override):
+        parser = ConfigParser()
+        parser.read_config(configs / "inference.json")
+        parser.update(override)
+        steps = parser.get_parsed_content("postprocessing").transforms
+        return [t for t in steps if isinstance(t, KeepHeartComponentsd)][0]
+
+    default = heart_step()
+    assert default.labels == [RV, MYO, LV] and default.bridge_mm == 0.0
+    assert heart_step(heart_bridge_mm=3.0).bridge_mm == 3.0
+    assert heart_step(largest_component=False).labels == []
