@@ -39,9 +39,10 @@ def test_training_steps_reuse_freed_memory():
     assert applied == "True" and off == "False"
     # glibc's default unmaps every large activation on free and faults it in again next step:
     # > 16,384 pages (64 MiB) per step; retained, the steps run on memory the heap already holds
-    # (at most one 64 MiB region may still be faulted in once: 16,384 pages, seen in a CI rehearsal)
+    # (a region or two may still be faulted in once: 1-22,528 pages over repeated runs on a loaded
+    # 2-core machine, against ~830,000 without it)
     assert default > 5 * 16_384
-    assert retained <= 16_384 < default / 10
+    assert retained < default / 20
 
 
 def test_disabled_is_a_no_op():
