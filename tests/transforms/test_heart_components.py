@@ -1,6 +1,9 @@
 """KeepHeartComponentsd: a far-away blob larger than the true structure must not replace it."""
 
+from pathlib import Path
+
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from ideal_monai.transforms import KeepHeartComponentsd
@@ -90,10 +93,6 @@ def test_in_plane_ball_follows_the_spacing():
 def test_inference_config_passes_the_bridge_and_the_switch():
     """``inference.json``'s post-processing builds this transform from ``largest_component`` and
     ``heart_bridge_mm`` (what ``--heart_bridge_mm 3`` on the command line reaches)."""
-    from pathlib import Path
-
-    from monai.bundle import ConfigParser
-
     configs = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 
     def heart_step(**override):
