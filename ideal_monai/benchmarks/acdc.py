@@ -42,7 +42,6 @@ import datetime
 import json
 import math
 import shutil
-import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 
 from ..bundle_runner import config_path, run_bundle
 from ..errors import IdealInputError
+from ..handlers.time_budget import steady_step_seconds
 
 __all__ = [
     "ARMS",
@@ -369,6 +369,11 @@ def plan_iterations(budget_s: float, step_s: float, epoch_length: int | None) ->
 #: Stage -> the config id of its trainer's handler list (where :class:`TimeBudget` is appended).
 _HANDLERS_KEY = {"pretrain": "pretraining#handlers", "finetune": "train#handlers"}
 
+#: Stage -> what a budgeted run re-plans after its first epoch besides ``max_epochs`` (the schedules
+#: whose length is the run's total; see :class:`~ideal_monai.handlers.time_budget.TimeBudget`).
+_REPLANNED = {"pretrain": {"lr_scheduler": "@pretraining#lr_scheduler"},
+              "finetune": {"lr_scheduler": "@train#lr_scheduler", "ramps": ["@train#consistency_weight"]}}
+
 
 def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip_existing: bool) -> tuple[dict, bool]:
     """Run ``pretrain`` / ``finetune`` into bundle root ``root`` with a :class:`TimeBudget` handler.
@@ -377,7 +382,10 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     run with the same overrides and budget (``root/train_settings.json``) is reused. Returns
     ``(log, ran)``.
     """
-    settings = _jsonable({"stage": stage, "overrides": overrides, "budget_s": budget_s})
+    # a budgeted run re-plans itself from its own first epoch: the calibration's step time is 10-25 %
+    # off from one process to the next on these CPUs (docs/BENCHMARKS.md, "Result on the current recipe")
+    replan = {} if budget_s is None else {"replan_after_epochs": 1, "fill": BUDGET_FILL, **_REPLANNED[stage]}
+    settings = _jsonable({"stage": stage, "overrides": overrides, "budget_s": budget_s, **replan})
     log_path, settings_path = root / "train_log.json", root / "train_settings.json"
     if skip_existing and _read_json(settings_path) == settings and (log := _read_json(log_path)) is not None:
         return log, False
@@ -385,7 +393,8 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     log_path.unlink(missing_ok=True)
     extra = root / "time_budget.json"
     extra.write_text(json.dumps({f"+{_HANDLERS_KEY[stage]}": [{
-        "_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": budget_s, "log_path": str(log_path)}]},
+        "_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": budget_s, "log_path": str(log_path),
+        **replan}]},
         indent=1) + "\n")
     run_bundle(stage, extra_configs=[extra], bundle_root=str(root), resume=False, **overrides)
     _write_json(settings_path, settings)
@@ -393,14 +402,6 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     if log is None:
         raise IdealInputError(log_path, f"{stage} finished without writing its time-budget log")
     return log, True
-
-
-def steady_step_seconds(step_times_s: Sequence[float]) -> float:
-    """The steady-state seconds per iteration of a short run: the median of the second half of its
-    step times (at least 2), so slow warm-up iterations and single slow outliers do not count."""
-    if len(step_times_s) < 2:
-        raise ValueError(f"need at least 2 step times, got {len(step_times_s)}")
-    return statistics.median(step_times_s[len(step_times_s) // 2:])
 
 
 def calibrate(cfg: AcdcBenchmarkConfig, stage: str, name: str, overrides: dict, clock=print) -> float:
@@ -438,8 +439,12 @@ def _train_budgeted(cfg: AcdcBenchmarkConfig, stage: str, root: Path, label: str
     log, ran = _train(stage, root, overrides, budget_s, skip_existing)
     summary = {"iterations": log["iterations"], "planned_iterations": log["planned_iterations"],
                "minutes": log["elapsed_s"] / 60, "budget_minutes": None if budget_s is None else budget_s / 60,
-               "stopped_by_budget": log["stopped_by_budget"], "calibrated_step_s": step_s, "reused": not ran}
+               "stopped_by_budget": log["stopped_by_budget"], "calibrated_step_s": step_s,
+               "replanned": log.get("replanned"), "reused": not ran}
+    replanned = summary["replanned"]
     clock(f"{label} done: {summary['iterations']} iterations in {summary['minutes']:.1f} min"
+          + (f" (re-planned after its first epoch from {replanned['from_iterations']} to {replanned['to_iterations']}"
+             f" at {replanned['step_s']:.3f} s per step)" if replanned else "")
           + (" (stopped by the budget)" if summary["stopped_by_budget"] else "") + ("" if ran else " (reused)"))
     return summary, ran
 
@@ -597,7 +602,7 @@ def format_results(results: dict) -> str:
               f"`{CHECKPOINT_FILES[results['profile']['checkpoint']]}`"]
     budget = results["profile"]["minutes_per_arm"]
     lines.append(f"- fine-tuning budget per arm: {budget:g} min of wall-clock training (hard stop), iterations planned "
-                 "from a measured step time" if budget else "- fine-tuning budget per arm: the configured iteration count")
+                 "from a calibration run's step time and re-planned from the run's own first epoch" if budget else "- fine-tuning budget per arm: the configured iteration count")
     if pre:
         lines.append(f"- pre-training (IDEAL only, once): {pre['iterations']} iterations in {pre['minutes']:.1f} min")
     for stage in ("shared", "pretrain", "finetune", "inference"):

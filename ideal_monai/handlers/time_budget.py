@@ -14,6 +14,18 @@ config file merged after the main one (MONAI's ``+`` merge key)::
     python -m monai.bundle run finetune --config_file "['configs/train.json','time_budget.json']" ...
 
 (``+pretraining#handlers`` for ``pretrain.json``.)
+
+A plan made from a short calibration run can be 10-25 % off, because the step time of these CPUs
+varies from process to process (docs/BENCHMARKS.md, "Result on the current recipe, 45 degrees"). With
+``replan_after_epochs`` the handler re-plans from the run's own steps: after that many epochs it sets
+``max_epochs`` so that the rest of the run fills ``fill`` of the budget at the measured step time, and
+moves the schedules that depend on the total with it (the learning-rate schedule, given as
+``lr_scheduler``, and ramp-ups with a ``rampup_iterations`` attribute, given as ``ramps``), so they end
+where the re-planned run ends, as if it had been planned that way from the start::
+
+    {"+train#handlers": [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": 600,
+                          "replan_after_epochs": 1, "lr_scheduler": "@train#lr_scheduler",
+                          "ramps": ["@train#consistency_weight"]}]}
 """
 
 from __future__ import annotations
@@ -22,15 +34,46 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ignite.engine import Engine, Events
 from ignite.handlers import TimeLimit
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, PolynomialLR
 
 from ..utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+#: The attribute of each supported learning-rate scheduler that holds the run's total iterations.
+_SCHEDULE_LENGTH = {PolynomialLR: "total_iters", CosineAnnealingLR: "T_max"}
+
+
+def steady_step_seconds(step_times_s: Sequence[float]) -> float:
+    """The steady-state seconds per iteration: the median of the second half of ``step_times_s``
+    (at least 2), so slow warm-up iterations, epoch ends and single slow outliers do not count."""
+    if len(step_times_s) < 2:
+        raise ValueError(f"need at least 2 step times, got {len(step_times_s)}")
+    return statistics.median(step_times_s[len(step_times_s) // 2:])
+
+
+def retarget_schedule(lr_scheduler: LRScheduler, total_iterations: int) -> None:
+    """Make ``lr_scheduler`` (stepped once per iteration) end at ``total_iterations`` from where it is.
+
+    The optimizer's learning rates become the closed form of the new schedule at the current step, so
+    the scheduler's recursive steps continue exactly as if it had been built for ``total_iterations``.
+    """
+    attribute = next((a for t, a in _SCHEDULE_LENGTH.items() if isinstance(lr_scheduler, t)), None)
+    if attribute is None:
+        raise TypeError(f"cannot re-plan a {type(lr_scheduler).__name__}; supported: "
+                        + ", ".join(t.__name__ for t in _SCHEDULE_LENGTH))
+    setattr(lr_scheduler, attribute, int(total_iterations))
+    lrs = lr_scheduler._get_closed_form_lr()
+    for group, lr in zip(lr_scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    lr_scheduler._last_lr = list(lrs)
 
 
 class TimeBudget(TimeLimit):
@@ -55,12 +98,34 @@ class TimeBudget(TimeLimit):
             ``step_times_s`` (wall time between consecutive iteration ends, the first measured
             from ``STARTED``; the first ``max_step_times`` iterations).
         max_step_times: how many step times to keep in the log.
+        replan_after_epochs: after this many epochs of the run (or at the first epoch end after that
+            with two timed steps), re-plan ``max_epochs`` from the measured steady step
+            (:func:`steady_step_seconds` of this run's step times) so that the run fills ``fill`` of
+            ``seconds``; ``None`` keeps the configured plan. Needs ``seconds``. The log then
+            has ``replanned``: ``{"after_iterations", "step_s", "from_iterations", "to_iterations"}``.
+        fill: fraction of the budget a re-planned run should fill (the rest absorbs epoch ends).
+        lr_scheduler: the per-iteration learning-rate scheduler to re-plan with the run
+            (``PolynomialLR`` or ``CosineAnnealingLR``; see :func:`retarget_schedule`).
+        ramps: objects with a ``rampup_iterations`` attribute (e.g. the consistency weight's
+            schedule), scaled by the same factor as the run's total.
     """
 
     def __init__(self, seconds: float | None = None, log_path: str | os.PathLike | None = None,
-                 max_step_times: int = 100):
+                 max_step_times: int = 100, replan_after_epochs: int | None = None, fill: float = 0.95,
+                 lr_scheduler: LRScheduler | None = None, ramps: Sequence[object] = ()):
         if seconds is not None and not seconds > 0:
             raise ValueError(f"seconds must be > 0 or None, got {seconds!r}")
+        if replan_after_epochs is not None and (seconds is None or int(replan_after_epochs) < 1):
+            raise ValueError(f"replan_after_epochs needs a budget (seconds) and must be >= 1, got "
+                             f"{replan_after_epochs!r} with seconds={seconds!r}")
+        if not 0 < fill <= 1:
+            raise ValueError(f"fill must be in (0, 1], got {fill!r}")
+        if lr_scheduler is not None and not isinstance(lr_scheduler, tuple(_SCHEDULE_LENGTH)):
+            raise TypeError(f"cannot re-plan a {type(lr_scheduler).__name__}; supported: "
+                            + ", ".join(t.__name__ for t in _SCHEDULE_LENGTH))
+        for ramp in ramps:
+            if not hasattr(ramp, "rampup_iterations"):
+                raise TypeError(f"{ramp!r} has no rampup_iterations attribute to re-plan")
         # TimeLimit's constructor takes whole seconds; its check compares with limit_sec as given
         super().__init__(limit_sec=max(1, math.ceil(seconds)) if seconds is not None else 1)
         self.limit_sec = seconds
@@ -71,10 +136,18 @@ class TimeBudget(TimeLimit):
         self._last = 0.0
         self._start_iteration = 0
         self.step_times: list[float] = []
+        self.replan_after_epochs = None if replan_after_epochs is None else int(replan_after_epochs)
+        self.fill = float(fill)
+        self.lr_scheduler = lr_scheduler
+        self.ramps = list(ramps)
+        self.replanned: dict | None = None
+        self._start_epoch = 0
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        if self.replan_after_epochs is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def started(self, engine: Engine) -> None:
@@ -82,8 +155,10 @@ class TimeBudget(TimeLimit):
         self._last = time.perf_counter()
         # Handlers run in attachment order, so a checkpoint resumed at STARTED is already loaded.
         self._start_iteration = engine.state.iteration
+        self._start_epoch = engine.state.epoch
         self.stopped_by_budget = False
         self.step_times = []
+        self.replanned = None
 
     def elapsed(self) -> float:
         return time.time() - self.start_time
@@ -98,6 +173,35 @@ class TimeBudget(TimeLimit):
             self(engine)  # TimeLimit: terminate once the limit has passed
             self.stopped_by_budget = engine.should_terminate and not already
 
+    def epoch_completed(self, engine: Engine) -> None:
+        # the first epoch end after ``replan_after_epochs`` epochs with at least two measured steps
+        if (self.replanned is not None or engine.should_terminate or len(self.step_times) < 2
+                or engine.state.epoch - self._start_epoch < self.replan_after_epochs):
+            return
+        self.replan(engine)
+
+    def replan(self, engine: Engine) -> None:
+        """Set ``max_epochs`` (whole epochs of the current length) to fill the budget at the measured step."""
+        state = engine.state
+        old_total = state.max_epochs * state.epoch_length
+        step_s = steady_step_seconds(self.step_times)
+        remaining = max(0.0, self.limit_sec * self.fill - self.elapsed())
+        # whole epochs only, so the per-epoch handlers (checkpoint, seeding) keep their meaning
+        total_epochs = max(state.epoch, (state.iteration + int(remaining / step_s)) // state.epoch_length)
+        new_total = total_epochs * state.epoch_length
+        self.replanned = {"after_iterations": state.iteration - self._start_iteration, "step_s": step_s,
+                          "from_iterations": old_total, "to_iterations": new_total}
+        if new_total == old_total:
+            return
+        state.max_epochs = total_epochs
+        if self.lr_scheduler is not None:
+            retarget_schedule(self.lr_scheduler, new_total)
+        for ramp in self.ramps:
+            ramp.rampup_iterations = int(round(ramp.rampup_iterations * new_total / old_total))
+        self.logger.info(f"{engine.__class__.__name__}: re-planned from {old_total} to {new_total} iterations "
+                         f"({step_s:.3f} s per step measured over {len(self.step_times)} steps, budget "
+                         f"{self.limit_sec:g} s, fill {self.fill:g})")
+
     def summary(self, engine: Engine) -> dict:
         return {
             "budget_s": self.limit_sec,
@@ -107,6 +211,7 @@ class TimeBudget(TimeLimit):
             "epochs": engine.state.epoch,
             "stopped_by_budget": self.stopped_by_budget,
             "step_times_s": self.step_times,
+            "replanned": self.replanned,
         }
 
     def completed(self, engine: Engine) -> None:

@@ -87,8 +87,16 @@ def test_time_budget_plans_the_schedule_and_is_the_same_for_every_arm(benchmark)
         train = run["train"]
         assert train["budget_minutes"] == pytest.approx(TINY.minutes_per_arm)
         settings = json.loads((cfg.run_dir(run["arm"], run["labeled"]) / "train_settings.json").read_text())["overrides"]
-        # the planned count is what the LR / ramp-up schedules use (max_epochs * iterations_per_epoch)
-        assert train["planned_iterations"] == settings["max_epochs"] * settings["iterations_per_epoch"]
+        # planned from the calibration (max_epochs * iterations_per_epoch), then re-planned from the run's
+        # own first epoch; the final count is what the LR / ramp-up schedules ended at
+        planned = settings["max_epochs"] * settings["iterations_per_epoch"]
+        replanned = train["replanned"]
+        # after the first epoch, or the first epoch end with two timed steps (epochs of 1 iteration here)
+        assert replanned["from_iterations"] == planned
+        assert replanned["after_iterations"] == max(2, settings["iterations_per_epoch"])
+        assert train["planned_iterations"] == replanned["to_iterations"] and replanned["step_s"] > 0
+        budget = json.loads((cfg.run_dir(run["arm"], run["labeled"]) / "time_budget.json").read_text())
+        assert budget["+train#handlers"][0]["lr_scheduler"] == "@train#lr_scheduler"
         assert train["minutes"] <= TINY.minutes_per_arm + 0.05  # stopped at most one iteration (+ final save) late
         assert train["calibrated_step_s"] > 0
     assert (cfg.output_dir / "calibration" / "supervised" / "train_log.json").is_file()

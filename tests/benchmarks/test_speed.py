@@ -88,3 +88,23 @@ def test_time_per_call_times_the_callable_at_this_thread_count():
     assert 0 < t < 1
     assert len(calls) >= 3 and set(calls) == {threads}  # Timer's default would run it on one thread
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("resolved, compared, target", [("bf16", "bf16", 0.5), ("fp32", "bf16", None)])
+def test_precision_row_times_bf16_against_fp32_even_where_auto_picks_fp32(monkeypatch, resolved, compared, target):
+    """On a CPU without bf16 units ``auto`` resolves to fp32; the row then shows forced bf16 against fp32
+    (what ``auto`` avoids there) instead of fp32 against itself, and claims no target."""
+    built = []
+
+    def fake_trainer(x_l, y_l, num_streams, unlabeled, channels_last, precision, decoder_width):
+        built.append((precision, tuple(x_l.shape), tuple(unlabeled.shape), decoder_width))
+        return (lambda: None), None
+
+    monkeypatch.setattr(speed, "resolve_precision", lambda precision, device: resolved)
+    monkeypatch.setattr(speed, "_supervised_trainer", fake_trainer)
+    cfg = speed.SpeedConfig(precision="auto", reps=1, warmup=0, budget_s=0)
+    x, y = _batch(16, 32)
+    comp, _ = speed._precision_comparison(cfg, x, y, log=lambda message: None)
+    assert [b[0] for b in built] == [compared, "fp32"]
+    assert built[0][1:] == ((12, 1, 128, 128), (4, 1, 128, 128), [1.0, 0.5])  # the CPU profile's step
+    assert comp.target == target and comp.title.startswith(f"CPU-profile fine-tuning step, {compared} vs fp32")
