@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -81,9 +82,9 @@ def test_replan_lengthens_a_run_planned_too_short_and_moves_its_schedules_with_i
 
 
 def test_replan_shortens_a_run_planned_too_long():
-    optimizer = _sgd()
+    optimizer, lrs = _sgd(), []
     scheduler = CosineAnnealingLR(optimizer, T_max=1000)
-    engine = _engine_with_schedule(0.01, scheduler, [])
+    engine = _engine_with_schedule(0.01, scheduler, lrs)
     budget = TimeBudget(seconds=0.4, replan_after_epochs=2, fill=0.5, lr_scheduler=scheduler)
     budget.attach(engine)
     engine.run(range(4), max_epochs=250)
@@ -92,6 +93,9 @@ def test_replan_shortens_a_run_planned_too_long():
     assert summary["replanned"]["after_iterations"] == 8 and 8 <= total <= 20 and total % 4 == 0
     assert scheduler.T_max == total and engine.state.iteration == total  # ended by the plan, not the hard stop
     assert not summary["stopped_by_budget"]
+    # the rest of the run anneals as a cosine of the new length would (to 0 at its end)
+    expected = [0.05 * (1 + math.cos(math.pi * i / total)) for i in range(8, total)]
+    assert lrs[8:] == pytest.approx(expected, rel=1e-6, abs=1e-12)
 
 
 def test_replan_needs_a_budget_and_a_schedule_it_can_move():
