@@ -382,7 +382,7 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     run with the same overrides and budget (``root/train_settings.json``) is reused. Returns
     ``(log, ran)``.
     """
-    # a budgeted run re-plans itself from its own first epoch: the calibration's step time is 10-25 %
+    # a budgeted run re-plans itself from its own first epoch: the calibration's step time is 10-26 %
     # off from one process to the next on these CPUs (docs/BENCHMARKS.md, "Result on the current recipe")
     replan = {} if budget_s is None else {"replan_after_epochs": 1, "fill": BUDGET_FILL, **_REPLANNED[stage]}
     settings = _jsonable({"stage": stage, "overrides": overrides, "budget_s": budget_s, **replan})

@@ -15,7 +15,7 @@ config file merged after the main one (MONAI's ``+`` merge key)::
 
 (``+pretraining#handlers`` for ``pretrain.json``.)
 
-A plan made from a short calibration run can be 10-25 % off, because the step time of these CPUs
+A plan made from a short calibration run can be 10-26 % off, because the step time of these CPUs
 varies from process to process (docs/BENCHMARKS.md, "Result on the current recipe, 45 degrees"). With
 ``replan_after_epochs`` the handler re-plans from the run's own steps: after that many epochs it sets
 ``max_epochs`` so that the rest of the run fills ``fill`` of the budget at the measured step time, and
@@ -59,17 +59,22 @@ def steady_step_seconds(step_times_s: Sequence[float]) -> float:
     return statistics.median(step_times_s[len(step_times_s) // 2:])
 
 
+def _schedule_length_attribute(lr_scheduler: LRScheduler) -> str:
+    """The attribute of ``lr_scheduler`` that holds its total length; ``TypeError`` if it has none we know."""
+    attribute = next((a for t, a in _SCHEDULE_LENGTH.items() if isinstance(lr_scheduler, t)), None)
+    if attribute is None:
+        raise TypeError(f"cannot re-plan a {type(lr_scheduler).__name__}; supported: "
+                        + ", ".join(t.__name__ for t in _SCHEDULE_LENGTH))
+    return attribute
+
+
 def retarget_schedule(lr_scheduler: LRScheduler, total_iterations: int) -> None:
     """Make ``lr_scheduler`` (stepped once per iteration) end at ``total_iterations`` from where it is.
 
     The optimizer's learning rates become the closed form of the new schedule at the current step, so
     the scheduler's recursive steps continue exactly as if it had been built for ``total_iterations``.
     """
-    attribute = next((a for t, a in _SCHEDULE_LENGTH.items() if isinstance(lr_scheduler, t)), None)
-    if attribute is None:
-        raise TypeError(f"cannot re-plan a {type(lr_scheduler).__name__}; supported: "
-                        + ", ".join(t.__name__ for t in _SCHEDULE_LENGTH))
-    setattr(lr_scheduler, attribute, int(total_iterations))
+    setattr(lr_scheduler, _schedule_length_attribute(lr_scheduler), int(total_iterations))
     lrs = lr_scheduler._get_closed_form_lr()
     for group, lr in zip(lr_scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
@@ -120,9 +125,8 @@ class TimeBudget(TimeLimit):
                              f"{replan_after_epochs!r} with seconds={seconds!r}")
         if not 0 < fill <= 1:
             raise ValueError(f"fill must be in (0, 1], got {fill!r}")
-        if lr_scheduler is not None and not isinstance(lr_scheduler, tuple(_SCHEDULE_LENGTH)):
-            raise TypeError(f"cannot re-plan a {type(lr_scheduler).__name__}; supported: "
-                            + ", ".join(t.__name__ for t in _SCHEDULE_LENGTH))
+        if lr_scheduler is not None:
+            _schedule_length_attribute(lr_scheduler)
         for ramp in ramps:
             if not hasattr(ramp, "rampup_iterations"):
                 raise TypeError(f"{ramp!r} has no rampup_iterations attribute to re-plan")
