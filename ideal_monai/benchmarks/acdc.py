@@ -96,6 +96,10 @@ CHECKPOINT_FILES = {"final": "model_final.pt", "ema": "model_ema.pt", "best": "m
 #: checkpoint saves and noise, so the hard stop rarely cuts the schedule short).
 BUDGET_FILL = 0.95
 
+#: A budgeted run re-plans at every epoch end until it is this far through its plan (TimeBudget's
+#: ``replan_until``): one epoch's step times left 85-100 % of the budget used (session 14).
+REPLAN_UNTIL = 0.5
+
 #: Epoch length used when a budgeted stage has ``iterations_per_epoch`` unset.
 DEFAULT_EPOCH_LENGTH = 50
 
@@ -384,7 +388,8 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     """
     # a budgeted run re-plans itself from its own first epoch: the calibration's step time is 10-26 %
     # off from one process to the next on these CPUs (docs/BENCHMARKS.md, "Result on the current recipe")
-    replan = {} if budget_s is None else {"replan_after_epochs": 1, "fill": BUDGET_FILL, **_REPLANNED[stage]}
+    replan = {} if budget_s is None else {"replan_after_epochs": 1, "replan_until": REPLAN_UNTIL, "fill": BUDGET_FILL,
+                                          **_REPLANNED[stage]}
     settings = _jsonable({"stage": stage, "overrides": overrides, "budget_s": budget_s, **replan})
     log_path, settings_path = root / "train_log.json", root / "train_settings.json"
     if skip_existing and _read_json(settings_path) == settings and (log := _read_json(log_path)) is not None:
@@ -440,11 +445,14 @@ def _train_budgeted(cfg: AcdcBenchmarkConfig, stage: str, root: Path, label: str
     summary = {"iterations": log["iterations"], "planned_iterations": log["planned_iterations"],
                "minutes": log["elapsed_s"] / 60, "budget_minutes": None if budget_s is None else budget_s / 60,
                "stopped_by_budget": log["stopped_by_budget"], "calibrated_step_s": step_s,
-               "replanned": log.get("replanned"), "reused": not ran}
-    replanned = summary["replanned"]
+               "replanned": log.get("replanned"), "replanned_again": log.get("replanned_again") or [],
+               "reused": not ran}
+    replanned, again = summary["replanned"], summary["replanned_again"]
     clock(f"{label} done: {summary['iterations']} iterations in {summary['minutes']:.1f} min"
           + (f" (re-planned after its first epoch from {replanned['from_iterations']} to {replanned['to_iterations']}"
-             f" at {replanned['step_s']:.3f} s per step)" if replanned else "")
+             f" at {replanned['step_s']:.3f} s per step" if replanned else "")
+          + (f", then to {again[-1]['to_iterations']} after {again[-1]['after_iterations']} iterations at"
+             f" {again[-1]['step_s']:.3f} s per step" if again else "") + (")" if replanned else "")
           + (" (stopped by the budget)" if summary["stopped_by_budget"] else "") + ("" if ran else " (reused)"))
     return summary, ran
 

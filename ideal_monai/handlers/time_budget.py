@@ -21,10 +21,11 @@ varies from process to process (docs/BENCHMARKS.md, "Result on the current recip
 ``max_epochs`` so that the rest of the run fills ``fill`` of the budget at the measured step time, and
 moves the schedules that depend on the total with it (the learning-rate schedule, given as
 ``lr_scheduler``, and ramp-ups with a ``rampup_iterations`` attribute, given as ``ramps``), so they end
-where the re-planned run ends, as if it had been planned that way from the start::
+where the re-planned run ends, as if it had been planned that way from the start. With
+``replan_until`` it keeps correcting the plan at each epoch end until it is that far through it::
 
     {"+train#handlers": [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": 600,
-                          "replan_after_epochs": 1, "lr_scheduler": "@train#lr_scheduler",
+                          "replan_after_epochs": 1, "replan_until": 0.5, "lr_scheduler": "@train#lr_scheduler",
                           "ramps": ["@train#consistency_weight"]}]}
 """
 
@@ -101,13 +102,21 @@ class TimeBudget(TimeLimit):
             ``iterations`` (run in this call, i.e. excluding any resumed ones), ``planned_iterations``
             (``max_epochs * epoch_length``), ``epochs``, ``stopped_by_budget`` and
             ``step_times_s`` (wall time between consecutive iteration ends, the first measured
-            from ``STARTED``; the first ``max_step_times`` iterations).
+            from ``STARTED``; the first ``max_step_times`` iterations), and ``replanned`` /
+            ``replanned_again`` when re-planned (below).
         max_step_times: how many step times to keep in the log.
         replan_after_epochs: after this many epochs of the run (or at the first epoch end after that
             with two timed steps), re-plan ``max_epochs`` from the measured steady step
             (:func:`steady_step_seconds` of this run's step times) so that the run fills ``fill`` of
             ``seconds``; ``None`` keeps the configured plan. Needs ``seconds``. The log then
             has ``replanned``: ``{"after_iterations", "step_s", "from_iterations", "to_iterations"}``.
+        replan_until: also re-plan at every later epoch end while the run has done less than this
+            fraction of its planned iterations, from the mean time per iteration since the first
+            re-plan (epoch ends and their handlers included), which converges as the run goes on;
+            ``0`` re-plans once. One epoch's steps are a noisy sample on a shared CPU (a plan from
+            them filled 85-100 % of the budget in docs/BENCHMARKS.md, session 14); re-planning stops
+            at this fraction because a change of length late in a run moves the learning rate most.
+            Later re-plans that changed the plan are logged as ``replanned_again`` (a list).
         fill: fraction of the budget a re-planned run should fill (the rest absorbs epoch ends).
         lr_scheduler: the per-iteration learning-rate scheduler to re-plan with the run
             (``PolynomialLR`` or ``CosineAnnealingLR``; see :func:`retarget_schedule`).
@@ -116,13 +125,15 @@ class TimeBudget(TimeLimit):
     """
 
     def __init__(self, seconds: float | None = None, log_path: str | os.PathLike | None = None,
-                 max_step_times: int = 100, replan_after_epochs: int | None = None, fill: float = 0.95,
-                 lr_scheduler: LRScheduler | None = None, ramps: Sequence[object] = ()):
+                 max_step_times: int = 100, replan_after_epochs: int | None = None, replan_until: float = 0.0,
+                 fill: float = 0.95, lr_scheduler: LRScheduler | None = None, ramps: Sequence[object] = ()):
         if seconds is not None and not seconds > 0:
             raise ValueError(f"seconds must be > 0 or None, got {seconds!r}")
         if replan_after_epochs is not None and (seconds is None or int(replan_after_epochs) < 1):
             raise ValueError(f"replan_after_epochs needs a budget (seconds) and must be >= 1, got "
                              f"{replan_after_epochs!r} with seconds={seconds!r}")
+        if not 0 <= replan_until < 1:
+            raise ValueError(f"replan_until must be in [0, 1), got {replan_until!r}")
         if not 0 < fill <= 1:
             raise ValueError(f"fill must be in (0, 1], got {fill!r}")
         if lr_scheduler is not None:
@@ -141,11 +152,14 @@ class TimeBudget(TimeLimit):
         self._start_iteration = 0
         self.step_times: list[float] = []
         self.replan_after_epochs = None if replan_after_epochs is None else int(replan_after_epochs)
+        self.replan_until = float(replan_until)
         self.fill = float(fill)
         self.lr_scheduler = lr_scheduler
         self.ramps = list(ramps)
         self.replanned: dict | None = None
+        self.replanned_again: list[dict] = []
         self._start_epoch = 0
+        self._first_replan_at: tuple[int, float] | None = None  # (iteration, elapsed seconds)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -163,6 +177,8 @@ class TimeBudget(TimeLimit):
         self.stopped_by_budget = False
         self.step_times = []
         self.replanned = None
+        self.replanned_again = []
+        self._first_replan_at = None
 
     def elapsed(self) -> float:
         return time.time() - self.start_time
@@ -178,33 +194,46 @@ class TimeBudget(TimeLimit):
             self.stopped_by_budget = engine.should_terminate and not already
 
     def epoch_completed(self, engine: Engine) -> None:
-        # the first epoch end after ``replan_after_epochs`` epochs with at least two measured steps
-        if (self.replanned is not None or engine.should_terminate or len(self.step_times) < 2
-                or engine.state.epoch - self._start_epoch < self.replan_after_epochs):
+        state = engine.state
+        if engine.should_terminate:
             return
-        self.replan(engine)
+        if self.replanned is None:
+            # the first epoch end after ``replan_after_epochs`` epochs with at least two measured steps
+            if len(self.step_times) >= 2 and state.epoch - self._start_epoch >= self.replan_after_epochs:
+                self.replanned = self.replan(engine, steady_step_seconds(self.step_times))
+                self._first_replan_at = (state.iteration, self.elapsed())
+            return
+        done = state.iteration - self._start_iteration
+        planned = state.max_epochs * state.epoch_length - self._start_iteration
+        first_iteration, first_elapsed = self._first_replan_at
+        if done < self.replan_until * planned and state.iteration > first_iteration:
+            step_s = (self.elapsed() - first_elapsed) / (state.iteration - first_iteration)
+            replanned = self.replan(engine, step_s)
+            if replanned["to_iterations"] != replanned["from_iterations"]:
+                self.replanned_again.append(replanned)
 
-    def replan(self, engine: Engine) -> None:
-        """Set ``max_epochs`` (whole epochs of the current length) to fill the budget at the measured step."""
+    def replan(self, engine: Engine, step_s: float) -> dict:
+        """Set ``max_epochs`` (whole epochs of the current length) to fill the budget at ``step_s`` seconds
+        per iteration; the return value says what changed (the ``replanned`` entry of the log)."""
         state = engine.state
         old_total = state.max_epochs * state.epoch_length
-        step_s = steady_step_seconds(self.step_times)
         remaining = max(0.0, self.limit_sec * self.fill - self.elapsed())
         # whole epochs only, so the per-epoch handlers (checkpoint, seeding) keep their meaning
         total_epochs = max(state.epoch, (state.iteration + int(remaining / step_s)) // state.epoch_length)
         new_total = total_epochs * state.epoch_length
-        self.replanned = {"after_iterations": state.iteration - self._start_iteration, "step_s": step_s,
-                          "from_iterations": old_total, "to_iterations": new_total}
+        replanned = {"after_iterations": state.iteration - self._start_iteration, "step_s": step_s,
+                     "from_iterations": old_total, "to_iterations": new_total}
         if new_total == old_total:
-            return
+            return replanned
         state.max_epochs = total_epochs
         if self.lr_scheduler is not None:
             retarget_schedule(self.lr_scheduler, new_total)
         for ramp in self.ramps:
             ramp.rampup_iterations = int(round(ramp.rampup_iterations * new_total / old_total))
         self.logger.info(f"{engine.__class__.__name__}: re-planned from {old_total} to {new_total} iterations "
-                         f"({step_s:.3f} s per step measured over {len(self.step_times)} steps, budget "
+                         f"({step_s:.3f} s per step after {replanned['after_iterations']} steps, budget "
                          f"{self.limit_sec:g} s, fill {self.fill:g})")
+        return replanned
 
     def summary(self, engine: Engine) -> dict:
         return {
@@ -216,6 +245,7 @@ class TimeBudget(TimeLimit):
             "stopped_by_budget": self.stopped_by_budget,
             "step_times_s": self.step_times,
             "replanned": self.replanned,
+            "replanned_again": self.replanned_again,
         }
 
     def completed(self, engine: Engine) -> None:

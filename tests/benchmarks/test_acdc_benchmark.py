@@ -94,9 +94,12 @@ def test_time_budget_plans_the_schedule_and_is_the_same_for_every_arm(benchmark)
         # after the first epoch, or the first epoch end with two timed steps (epochs of 1 iteration here)
         assert replanned["from_iterations"] == planned
         assert replanned["after_iterations"] == max(2, settings["iterations_per_epoch"])
-        assert train["planned_iterations"] == replanned["to_iterations"] and replanned["step_s"] > 0
+        # then again at epoch ends until half-way, when that changed the plan
+        final_plan = (train["replanned_again"] or [replanned])[-1]
+        assert train["planned_iterations"] == final_plan["to_iterations"] and replanned["step_s"] > 0
         budget = json.loads((cfg.run_dir(run["arm"], run["labeled"]) / "time_budget.json").read_text())
         assert budget["+train#handlers"][0]["lr_scheduler"] == "@train#lr_scheduler"
+        assert budget["+train#handlers"][0]["replan_until"] == 0.5
         assert train["minutes"] <= TINY.minutes_per_arm + 0.05  # stopped at most one iteration (+ final save) late
         assert train["calibrated_step_s"] > 0
     assert (cfg.output_dir / "calibration" / "supervised" / "train_log.json").is_file()

@@ -98,6 +98,45 @@ def test_replan_shortens_a_run_planned_too_long():
     assert lrs[8:] == pytest.approx(expected, rel=1e-6, abs=1e-12)
 
 
+def _slowing_engine(scheduler, lrs: list) -> Engine:
+    """Steps of 5 ms in the first epoch (5 iterations), 20 ms after: a first epoch that misleads."""
+    def step(engine, batch):
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        time.sleep(0.005 if engine.state.iteration <= 5 else 0.02)
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: scheduler.step())
+    return engine
+
+
+@pytest.mark.parametrize("replan_until", [0.0, 0.5])
+def test_replanning_until_half_way_follows_a_step_that_changes_after_the_first_epoch(replan_until):
+    """Planned from a first epoch 4x faster than the rest, a run re-planned once overruns and is cut by the
+    hard stop with its learning rate still high; re-planned until half-way it ends by its own plan, inside
+    the budget, with the schedule run to its end."""
+    optimizer, lrs = _sgd(), []
+    scheduler = PolynomialLR(optimizer, total_iters=10, power=0.9)
+    engine = _slowing_engine(scheduler, lrs)
+    budget = TimeBudget(seconds=1.0, replan_after_epochs=1, replan_until=replan_until, fill=0.8,
+                        lr_scheduler=scheduler)
+    budget.attach(engine)
+    engine.run(range(5), max_epochs=2)
+    summary = budget.summary(engine)
+    assert summary["replanned"]["after_iterations"] == 5 and summary["replanned"]["to_iterations"] > 100
+    if replan_until == 0.0:
+        assert summary["stopped_by_budget"] and summary["replanned_again"] == []
+        assert optimizer.param_groups[0]["lr"] > 0.01  # cut off early in its decay
+        return
+    again = summary["replanned_again"]
+    assert again and all(r["step_s"] > 0.015 for r in again)
+    last = again[-1]
+    # no re-plan once half of the plan had run
+    assert last["after_iterations"] < 0.5 * last["from_iterations"] and engine.state.iteration == last["to_iterations"]
+    assert not summary["stopped_by_budget"] and 0.5 < summary["elapsed_s"] < 1.0
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_replan_needs_a_budget_and_a_schedule_it_can_move():
     with pytest.raises(ValueError, match="replan_after_epochs"):
         TimeBudget(replan_after_epochs=1)
@@ -105,6 +144,8 @@ def test_replan_needs_a_budget_and_a_schedule_it_can_move():
         TimeBudget(seconds=10, replan_after_epochs=1, lr_scheduler=StepLR(_sgd(), step_size=5))
     with pytest.raises(TypeError, match="rampup_iterations"):
         TimeBudget(seconds=10, replan_after_epochs=1, ramps=[object()])
+    with pytest.raises(ValueError, match="replan_until"):
+        TimeBudget(seconds=10, replan_after_epochs=1, replan_until=1.0)
 
 
 def test_without_replan_the_plan_is_kept():
