@@ -610,7 +610,7 @@ def format_results(results: dict) -> str:
               f"`{CHECKPOINT_FILES[results['profile']['checkpoint']]}`"]
     budget = results["profile"]["minutes_per_arm"]
     lines.append(f"- fine-tuning budget per arm: {budget:g} min of wall-clock training (hard stop), iterations planned "
-                 "from a calibration run's step time and re-planned from the run's own first epoch" if budget else "- fine-tuning budget per arm: the configured iteration count")
+                 "from a calibration run's step time and re-planned from the run's own epochs until half-way" if budget else "- fine-tuning budget per arm: the configured iteration count")
     if pre:
         lines.append(f"- pre-training (IDEAL only, once): {pre['iterations']} iterations in {pre['minutes']:.1f} min")
     for stage in ("shared", "pretrain", "finetune", "inference"):
