@@ -114,7 +114,7 @@ class TimeBudget(TimeLimit):
             fraction of its planned iterations, from the mean time per iteration since the first
             re-plan (epoch ends and their handlers included), which converges as the run goes on;
             ``0`` re-plans once. One epoch's steps are a noisy sample on a shared CPU (a plan from
-            them filled 85-100 % of the budget in docs/BENCHMARKS.md, session 14); re-planning stops
+            them filled 81-100 % of the budget in docs/BENCHMARKS.md, session 14); re-planning stops
             at this fraction because a change of length late in a run moves the learning rate most.
             Later re-plans that changed the plan are logged as ``replanned_again`` (a list).
         fill: fraction of the budget a re-planned run should fill (the rest absorbs epoch ends).
