@@ -92,7 +92,7 @@ def trained_fp32(trained, tmp_path_factory):
     """The same fine-tuning (same encoder, seed, data order and steps) with ``--precision fp32``.
 
     ``None`` where ``auto`` already trained in float32 (a CPU without bf16 units): the second run
-    would repeat the first step for step, and it is a third of this module's time on such a CPU.
+    would repeat the first step for step, and it was almost half of this module's time on such a CPU.
     """
     if resolve_precision("auto", "cpu") == "fp32":
         return None
