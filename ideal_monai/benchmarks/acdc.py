@@ -97,7 +97,7 @@ CHECKPOINT_FILES = {"final": "model_final.pt", "ema": "model_ema.pt", "best": "m
 BUDGET_FILL = 0.95
 
 #: A budgeted run re-plans at every epoch end until it is this far through its plan (TimeBudget's
-#: ``replan_until``): one epoch's step times left 85-100 % of the budget used (session 14).
+#: ``replan_until``): one epoch's step times left 81-100 % of the budget used (session 14).
 REPLAN_UNTIL = 0.5
 
 #: Epoch length used when a budgeted stage has ``iterations_per_epoch`` unset.
@@ -448,11 +448,15 @@ def _train_budgeted(cfg: AcdcBenchmarkConfig, stage: str, root: Path, label: str
                "replanned": log.get("replanned"), "replanned_again": log.get("replanned_again") or [],
                "reused": not ran}
     replanned, again = summary["replanned"], summary["replanned_again"]
-    clock(f"{label} done: {summary['iterations']} iterations in {summary['minutes']:.1f} min"
-          + (f" (re-planned after its first epoch from {replanned['from_iterations']} to {replanned['to_iterations']}"
-             f" at {replanned['step_s']:.3f} s per step" if replanned else "")
-          + (f", then to {again[-1]['to_iterations']} after {again[-1]['after_iterations']} iterations at"
-             f" {again[-1]['step_s']:.3f} s per step" if again else "") + (")" if replanned else "")
+    replan_note = ""
+    if replanned:
+        replan_note = (f" (re-planned after its first epoch from {replanned['from_iterations']} to "
+                       f"{replanned['to_iterations']} at {replanned['step_s']:.3f} s per step")
+        if again:
+            replan_note += (f", then to {again[-1]['to_iterations']} after {again[-1]['after_iterations']} iterations"
+                            f" at {again[-1]['step_s']:.3f} s per step")
+        replan_note += ")"
+    clock(f"{label} done: {summary['iterations']} iterations in {summary['minutes']:.1f} min" + replan_note
           + (" (stopped by the budget)" if summary["stopped_by_budget"] else "") + ("" if ran else " (reused)"))
     return summary, ran
 

@@ -206,7 +206,7 @@ class TimeBudget(TimeLimit):
         done = state.iteration - self._start_iteration
         planned = state.max_epochs * state.epoch_length - self._start_iteration
         first_iteration, first_elapsed = self._first_replan_at
-        if done < self.replan_until * planned and state.iteration > first_iteration:
+        if done < self.replan_until * planned:  # an epoch has run since, so iteration > first_iteration
             step_s = (self.elapsed() - first_elapsed) / (state.iteration - first_iteration)
             replanned = self.replan(engine, step_s)
             if replanned["to_iterations"] != replanned["from_iterations"]:
