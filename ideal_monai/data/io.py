@@ -10,6 +10,7 @@ The short-axis slice axis is the LAST array axis (``Z``), as in ACDC.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def _too_large(shape: tuple[int, ...]) -> str | None:
         return (f"is too large to process ({tuple(shape[:3])}, over {limit} voxels per frame; crop or resample it, "
                 "or raise IDEAL_MONAI_MAX_VOXELS)")
     return None
+logger = logging.getLogger(__name__)
+
+#: Files whose sform/qform scale disagreed with ``pixdim``, already logged (one line per file per process).
+_SCALE_QUIRK_LOGGED: set[str] = set()
+
+#: Relative tolerance between an affine column's length and the header's ``pixdim`` before they "disagree".
+PIXDIM_RTOL = 1e-3
 #: Absolute tolerance on affine entries when an image and its label must share a grid.
 AFFINE_ATOL = 1e-3
 
@@ -139,10 +147,35 @@ def _load_sitk(path: Path) -> MetaTensor:
     return MetaTensor(torch.as_tensor(np.ascontiguousarray(arr)), meta=meta)
 
 
+def _log_scale_quirk(path: Path) -> None:
+    """Say once per file when the NIfTI affine's scale disagrees with ``pixdim``, and which one is used.
+
+    The ACDC release (and other converters) write the real spacing in ``pixdim`` and a unit-scaled
+    sform. MONAI's ``NibabelReader`` then rescales the affine's columns to ``pixdim`` (keeping the
+    sform's direction and origin), which is what ITK does: volumes come out in real mm either way.
+    """
+    if str(path) in _SCALE_QUIRK_LOGGED:
+        return
+    header = nib.load(str(path)).header
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    scales = np.linalg.norm(np.asarray(header.get_best_affine(), dtype=np.float64)[:3, :3], axis=0)
+    if np.allclose(scales, zooms, rtol=PIXDIM_RTOL, atol=0):
+        return
+    _SCALE_QUIRK_LOGGED.add(str(path))
+    form = "sform" if int(header["sform_code"]) > 0 else "qform"
+    logger.info("%s: the %s's scale (%s) disagrees with pixdim (%s); using pixdim as the spacing in mm, with the "
+                "%s's direction and origin (as ITK does)", path, form, " x ".join(f"{v:g}" for v in scales),
+                " x ".join(f"{v:g}" for v in zooms), form)
+
+
 def _read_raw(path: Path) -> MetaTensor:
-    """The file's array ``(X, Y, Z[, T])`` as a MetaTensor with RAS affine, no channel dim."""
+    """The file's array ``(X, Y, Z[, T])`` as a MetaTensor with RAS affine, no channel dim.
+
+    NIfTI spacing is the header's ``pixdim`` (see :func:`_log_scale_quirk`).
+    """
     try:
         if image_suffix(path) in NIFTI_SUFFIXES:
+            _log_scale_quirk(path)
             return LoadImage(reader="NibabelReader", image_only=True, dtype=None)(str(path))
         return _load_sitk(path)
     except IdealInputError:

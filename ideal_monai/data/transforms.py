@@ -3,6 +3,7 @@
 Volume pipeline (3D, channel-first ``(1, X, Y, Z)``; ``Z`` is the short-axis slice axis)::
 
     LoadCased -> ScaleIntensityRangePercentilesd (1st-99th percentile -> 0..1, per volume)
+              -> SliceAxisOrientationd (in-plane axes to one canonical frame; the slice axis stays last)
               -> [Spacingd to (s, s, keep) in-plane]  (only when ``target_spacing`` is set)
               -> ResizeWithPadOrCropd to (P, P, keep)
 
@@ -14,8 +15,10 @@ again so entry points can print their one-line message naming the bad file.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Mapping, Sequence
 
+import nibabel as nib
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import (
@@ -23,6 +26,7 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     MapTransform,
+    Orientationd,
     RandAdjustContrastd,
     RandAffined,
     RandFlipd,
@@ -82,6 +86,50 @@ class LoadCased(MapTransform):
         return d
 
 
+def slice_axis_axcodes(affine) -> tuple[str, str, str]:
+    """The canonical axis codes for a short-axis volume with this RAS ``affine``: the in-plane axes in
+    R, A, S order and positive direction, the slice axis (the last) as it is.
+
+    ``("L", "P", "S")`` (the ACDC release) -> ``("R", "A", "S")``; an oblique stack whose slice
+    normal is closest to R, ``("S", "P", "L")`` -> ``("A", "S", "L")``.
+    """
+    codes = nib.aff2axcodes(np.asarray(affine, dtype=np.float64))
+    slice_pair = {"R": "RL", "L": "RL", "A": "AP", "P": "AP", "S": "SI", "I": "SI"}[codes[2]]
+    in_plane = [c for c in "RAS" if c not in slice_pair]
+    return in_plane[0], in_plane[1], codes[2]
+
+
+class SliceAxisOrientationd(Orientationd):
+    """MONAI's ``Orientationd`` to the canonical frame of :func:`slice_axis_axcodes`, per volume.
+
+    ``Orientationd(axcodes="RAS")`` would move the slice axis of an oblique short-axis stack to
+    whichever world axis is closest, and the 2D network slices the LAST axis. This transform only
+    flips and swaps the two in-plane axes, so hearts from any scanner's row/column convention reach
+    the network in one orientation, and ``Invertd`` undoes it (the inverse reads the recorded
+    original affine, as ``Orientationd``'s does).
+
+    Args:
+        keys: image key first (its affine chooses the codes), then label keys on the same grid.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, axcodes="RAS", labels=None, allow_missing_keys=allow_missing_keys)
+        # The codes change per volume, but the inverse must find the transform object that recorded
+        # the operation (MONAI checks its id): one Orientation, its codes set under a lock.
+        self._lock = threading.Lock()
+
+    def __call__(self, data, lazy: bool | None = None):
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        with self._lock:
+            self.ornt_transform.axcodes = "".join(slice_axis_axcodes(d[keys[0]].affine))
+            for key in keys:
+                d[key] = self.ornt_transform(d[key], lazy=False)
+        return d
+
+
 class InPlaneSpacingd(Spacingd):
     """MONAI's ``Spacingd`` that leaves unrelated ``<key>_*`` entries of the data dict alone.
 
@@ -112,8 +160,8 @@ def volume_preprocessing(
     Args:
         keys: image key first; the others are label keys (nearest-neighbour resampling).
         patch_size: in-plane size ``(P, P)`` every slice is padded/cropped to (centred).
-        target_spacing: in-plane spacing ``(sx, sy)`` in the affine's units to resample to, or
-            None to keep the input's grid (e.g. ACDC here, whose files carry no real spacing).
+        target_spacing: in-plane spacing ``(sx, sy)`` in mm to resample to (after
+            :class:`SliceAxisOrientationd`), or None / ``[]`` to keep the input's in-plane grid.
         percentiles: robust intensity window, mapped to 0..1 and clipped.
         load: start with :class:`LoadCased` (False when the dict already holds tensors).
 
@@ -130,7 +178,8 @@ def volume_preprocessing(
         ScaleIntensityRangePercentilesd(image_key, lower=percentiles[0], upper=percentiles[1], b_min=0.0, b_max=1.0,
                                         clip=True)
     )
-    if target_spacing is not None:
+    transforms.append(SliceAxisOrientationd(keys, allow_missing_keys=True))
+    if target_spacing:  # None or []: keep the input's in-plane grid
         transforms.append(
             InPlaneSpacingd(keys, pixdim=(float(target_spacing[0]), float(target_spacing[1]), -1.0),
                      mode=["bilinear"] + ["nearest"] * len(label_keys), allow_missing_keys=True)

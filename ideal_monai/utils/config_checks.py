@@ -44,7 +44,9 @@ _KINDS = {
     "non_negative_number": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
     "optional_number": (lambda v: v is None or _is_real(v), "a number or None"),
     "size": (_is_size, "a list of positive integers like [256, 256]"),
-    "optional_spacing": (lambda v: v is None or _is_positive_list(v), "a list of positive numbers like [1.5, 1.5], or None"),
+    # [] also means "keep the input grid": MONAI's command line drops a None override.
+    "optional_spacing": (lambda v: v is None or (isinstance(v, (list, tuple)) and not v) or _is_positive_list(v),
+                         "a list of positive numbers like [1.5, 1.5], or [] / None to keep the input grid"),
     "range": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_real(x) for x in v) and v[0] <= v[1],
               "a [low, high] pair of numbers with low <= high"),
     "levels": (lambda v: isinstance(v, (list, tuple)) and bool(v) and all(

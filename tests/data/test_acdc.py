@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ideal_monai.data import discover_cases, load_volume, split_dataset
-from ideal_monai.data.io import check_same_grid
+from ideal_monai.data.io import check_same_grid, voxel_spacing
+from ideal_monai.function.workflow import read_info_cfg
 
 ACDC = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "acdc").resolve()
 
@@ -28,7 +29,11 @@ def test_discovery_finds_80_labeled_patients():
     assert len(patients(cases)) == 80
     assert len(cases) == 160
     assert all("label" in c and c["label"].name == f"{c['case_id']}_gt.nii.gz" for c in cases)
-    assert {c["case_id"].rsplit("_", 1)[1] for c in cases} == {"frame01", "frame02"}
+    # The organisers' frame numbers: ED and ES of Info.cfg, e.g. frame01 and frame12.
+    for pid in patients(cases):
+        info = read_info_cfg(ACDC / pid / "Info.cfg")
+        frames = sorted(c["case_id"] for c in cases if c["patient_id"] == pid)
+        assert frames == sorted(f"{pid}_frame{info[k]:02d}" for k in ("ED", "ES"))
 
 
 @pytest.mark.parametrize("key, n_labeled", [("labeled_3", 3), ("labeled_7", 7)])
@@ -52,3 +57,17 @@ def test_one_real_case_loads():
     check_same_grid(image, label)
     assert image.ndim == 4 and 6 <= image.shape[3] <= 18
     assert set(np.unique(label.numpy())) == {0, 1, 2, 3}
+
+
+def test_real_spacing_is_read_from_pixdim_despite_the_unit_sform(caplog):
+    """The release's sform says 1 x 1 x 1 mm; the spacing is pixdim's, as SimpleITK reads it, and the log says so."""
+    import logging
+
+    import SimpleITK as sitk
+
+    path = next((ACDC / "patient003").glob("patient003_frame*[0-9].nii.gz"))  # a file no other test reads
+    with caplog.at_level(logging.INFO, logger="ideal_monai.data.io"):
+        image = load_volume(path)
+    assert voxel_spacing(image) == pytest.approx(sitk.ReadImage(str(path)).GetSpacing())
+    assert voxel_spacing(image)[2] > 4.0  # real slice spacing (5-10 mm), not the sform's 1
+    assert any("disagrees with pixdim" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)

@@ -347,3 +347,56 @@ def test_save_label_like_shapes(tmp_path):
     probs = np.random.default_rng(0).random((9, 8, 3, 4)).astype(np.float32)  # classes last
     out = save_label_like(probs, ref, tmp_path / "probs.nii.gz", dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), probs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the ACDC release's header quirk: real spacing in pixdim, a unit-scaled sform (code 2), no qform
+
+
+def save_with_unit_sform(path, array, spacing=(1.37, 1.37, 10.0)):
+    """A NIfTI file written the way the ACDC organisers' files are: pixdim real, sform -1/-1/1, qform_code 0."""
+    img = nib.Nifti1Image(np.asarray(array), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    img.header.set_zooms(spacing)
+    img.header.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    img.header.set_qform(None, code=0)
+    img.header["pixdim"][1:4] = spacing
+    nib.save(img, str(path))
+    return path
+
+
+def test_unit_sform_quirk_spacing_comes_from_pixdim_logged_once_per_file(tmp_path, caplog):
+    import logging
+
+    path = save_with_unit_sform(tmp_path / "quirk.nii.gz", image((12, 10, 4)))
+    assert nib.load(str(path)).affine[0, 0] == -1.0  # what readers that trust the sform see
+    with caplog.at_level(logging.INFO, logger="ideal_monai.data.io"):
+        first, second = load_volume(path), load_volume(path)
+    assert voxel_spacing(first) == pytest.approx((1.37, 1.37, 10.0))
+    assert voxel_spacing(first) == pytest.approx(sitk.ReadImage(str(path)).GetSpacing())  # as ITK reads it
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(first.affine)[:3, :3], axis=0), (1.37, 1.37, 10.0), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(second.affine), np.asarray(first.affine))
+    quirk_lines = [r.getMessage() for r in caplog.records if "disagrees with pixdim" in r.getMessage()]
+    assert len(quirk_lines) == 1 and str(path) in quirk_lines[0] and "sform" in quirk_lines[0]
+
+
+def test_no_quirk_line_for_consistent_headers(tmp_path, caplog):
+    import logging
+
+    path = save(tmp_path / "fine.nii.gz", image(), oblique_affine())
+    with caplog.at_level(logging.INFO, logger="ideal_monai.data.io"):
+        load_volume(path)
+    assert not [r for r in caplog.records if "disagrees with pixdim" in r.getMessage()]
+
+
+def test_label_written_on_a_quirk_file_has_the_input_header(tmp_path):
+    """Shape, pixdim, sform and qform (codes included) of the output equal the input's."""
+    ref = save_with_unit_sform(tmp_path / "img.nii.gz", image((12, 10, 4)).astype(np.int16))
+    lab = np.random.default_rng(1).integers(0, 4, size=(12, 10, 4))
+    out = nib.load(str(save_label_like(lab, ref, tmp_path / "pred.nii.gz")))
+    src = nib.load(str(ref))
+    assert out.shape == src.shape
+    for key in ("pixdim", "srow_x", "srow_y", "srow_z", "quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                "qoffset_y", "qoffset_z", "sform_code", "qform_code", "xyzt_units"):
+        np.testing.assert_array_equal(out.header[key], src.header[key], err_msg=key)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), lab)
+    assert voxel_spacing(load_volume(out.get_filename(), is_label=True)) == pytest.approx((1.37, 1.37, 10.0))

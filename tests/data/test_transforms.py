@@ -9,7 +9,7 @@ import torch
 from monai.transforms import Invertd
 from monai.utils import set_determinism
 
-from ideal_monai.data.transforms import LoadCased, slice_augmentation, volume_preprocessing
+from ideal_monai.data.transforms import LoadCased, slice_augmentation, slice_axis_axcodes, volume_preprocessing
 from ideal_monai.errors import IdealInputError
 
 
@@ -258,3 +258,52 @@ def test_intensity_augmentation_changes_the_image_only():
     assert np.corrcoef(image.ravel(), x["image"].numpy().ravel())[0, 1] > 0.9  # same content
     np.testing.assert_array_equal(np.asarray(out["label"]), x["label"].numpy())
     assert len(slice_augmentation(intensity=0.0).transforms) == len(aug.transforms) - 3  # off by default
+
+
+# ---------------------------------------------------------------------------------------------
+# the canonical in-plane frame
+
+
+def test_canonical_frame_keeps_the_slice_axis_last_for_an_oblique_stack():
+    """A stack whose slice normal is closest to world R is not sliced along another axis."""
+    affine = np.array([[0.1, 0.2, -8.0, 0], [0.2, -1.4, 0.3, 0], [-1.4, -0.1, 0.5, 0], [0, 0, 0, 1.0]])
+    assert "".join(nib.aff2axcodes(affine)) == "IPL"
+    assert slice_axis_axcodes(affine) == ("A", "S", "L")
+    assert slice_axis_axcodes(np.diag([-1.0, -1.0, 1.0, 1.0])) == ("R", "A", "S")  # the ACDC release
+
+
+def test_scanner_row_column_conventions_give_one_network_input(tmp_path):
+    """The same heart stored L/P (ACDC), R/A, or with rows and columns swapped reaches the network identically."""
+    rng = np.random.default_rng(0)
+    volume = rng.random((40, 36, 5)).astype(np.float32) * 100
+    lps = np.diag([-1.5, -1.5, 8.0, 1.0])
+    variants = {
+        "lps": (volume, lps),
+        "ras": (volume[::-1, ::-1].copy(), np.diag([1.5, 1.5, 8.0, 1.0]) @ _shift(39, 35)),
+        "swapped": (volume.transpose(1, 0, 2).copy(), np.array([[0, -1.5, 0, 0], [-1.5, 0, 0, 0], [0, 0, 8.0, 0], [0, 0, 0, 1]])),
+    }
+    outs = {}
+    for name, (array, affine) in variants.items():
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+        pre = volume_preprocessing(keys=["image"], patch_size=(48, 48), target_spacing=None)
+        out = pre({"image": path})
+        outs[name] = out["image"].numpy()
+        back = Invertd(keys="image", transform=pre, orig_keys="image")(out)["image"]
+        assert back.shape == (1, *array.shape)
+        np.testing.assert_allclose(np.asarray(back.affine), affine, atol=1e-5)
+    np.testing.assert_allclose(outs["ras"], outs["lps"], atol=1e-6)
+    np.testing.assert_allclose(outs["swapped"], outs["lps"], atol=1e-6)
+
+
+def _shift(nx, ny):
+    """Translation (in voxels) that puts voxel (nx, ny) of a flipped copy where voxel 0 of the original was."""
+    m = np.eye(4)
+    m[0, 3], m[1, 3] = -nx, -ny
+    return m
+
+
+def test_empty_target_spacing_keeps_the_input_grid(tmp_path):
+    case, _, _ = write_pair(tmp_path, (40, 36, 5), np.diag([0.8, 0.8, 8.0, 1.0]))
+    out = volume_preprocessing(keys=["image"], patch_size=(40, 36), target_spacing=[])({"image": case["image"]})
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out["image"].affine)[:3, :3], axis=0), (0.8, 0.8, 8.0))

@@ -16,7 +16,7 @@ from ideal_monai.inference import IN_PLANE_FLIPS, FlipEnsembleInferer
 from ideal_monai.networks import DualDecoderUNet
 
 FEATURES = [4, 8, 8, 8, 8]
-SMALL = dict(patch_size=[32, 32], features=FEATURES, sw_batch_size=8, precision="fp32")
+SMALL = dict(patch_size=[32, 32], target_spacing=[1.0, 1.0], features=FEATURES, sw_batch_size=8, precision="fp32")  # 1 mm files: no resampling
 
 
 class _PositionalNet(torch.nn.Module):
