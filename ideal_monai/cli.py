@@ -1,6 +1,6 @@
 """The ``ideal-monai`` command (python-fire).
 
-    ideal-monai synth     --output_dir DIR [--num_cases N --seed S --with_cine]
+    ideal-monai synth     --output_dir DIR [--num_cases N --seed S --with_cine | --dicom]
     ideal-monai pretrain  --dataset_dir DATA [--bundle_root DIR] [--<config key> VALUE ...]
     ideal-monai finetune  --dataset_dir DATA [--bundle_root DIR] [--<config key> VALUE ...]
     ideal-monai infer     --dataset_dir IMAGES --output_dir OUT [--bundle_root DIR] [--overwrite]
@@ -25,12 +25,17 @@ import fire
 from .errors import debug_enabled, find_user_error, print_error
 
 
-def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool = False) -> None:
-    """Write synthetic ACDC-layout cardiac phantoms (images + labels) to ``output_dir``."""
-    from .data.synthetic import write_synthetic_dataset
+def synth(output_dir: str, num_cases: int = 20, seed: int = 0, with_cine: bool = False, dicom: bool = False) -> None:
+    """Write synthetic ACDC-layout cardiac phantoms (images + labels) to ``output_dir``; with ``--dicom``,
+    phantom cines as oblique DICOM MR series instead (one folder per patient, no labels)."""
+    from .data.synthetic import write_synthetic_dataset, write_synthetic_dicom
     from .utils.config_checks import check_config_values
 
-    check_config_values({"with_cine": with_cine, "num_cases": num_cases, "seed": seed})
+    check_config_values({"with_cine": with_cine, "num_cases": num_cases, "seed": seed, "dicom": dicom})
+    if dicom:
+        written = write_synthetic_dicom(output_dir, num_cases=num_cases, seed=seed)
+        print(f"wrote {len(written)} DICOM cine series to {output_dir}")
+        return
     paths = write_synthetic_dataset(output_dir, num_cases=num_cases, seed=seed, with_cine=with_cine)
     print(f"wrote {len(paths)} files for {num_cases} cases to {output_dir}")
 

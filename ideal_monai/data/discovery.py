@@ -12,7 +12,11 @@ Layouts recognised (checked in this order):
 3. ``imagesTr/`` (+ ``labelsTr/`` with the same file names, or nnU-Net ``_0000`` image names);
 4. the ACDC layout: ``patientXXX/patientXXX_frameYY.nii.gz`` with optional ``..._gt.nii.gz``, and
    optional ``patientXXX_4d.nii.gz`` cine files whose frames become extra unlabeled cases;
-5. a plain folder of images (``X_gt.nii.gz`` beside ``X.nii.gz`` is taken as its label).
+5. a plain folder of images (``X_gt.nii.gz`` beside ``X.nii.gz`` is taken as its label);
+6. DICOM: a folder whose files are one MR series (a cine: N positions x T phases), or a folder of
+   patient folders each holding one (files at any depth below it). The series is read by
+   :mod:`ideal_monai.data.dicom` into a NIfTI copy outside the input; its case carries ``"dicom"``
+   (identifiers, patient height/weight/sex for the report) and the case id is the folder's name.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 
 from ..errors import IdealInputError
+from .dicom import dicom_files, dicom_series_as_nifti, is_dicom_file
 from .io import image_suffix, read_shape, strip_image_suffix
 
 _ACDC_FRAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
@@ -56,6 +61,19 @@ def _cine_cases(path: Path, patient_id: str) -> list[dict]:
         {"image": path, "case_id": f"{patient_id}_4d_t{t:02d}", "patient_id": patient_id, "frame": t}
         for t in range(shape[3])
     ]
+
+
+def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None) -> list[dict]:
+    """The case(s) of the DICOM series in ``folder``: one volume, or a cine's frames (see :func:`_cine_cases`)."""
+    path, info = dicom_series_as_nifti(folder, folder.name, series_uid)
+    patient = strip_image_suffix(path)
+    if len(read_shape(path)) == 4:
+        cases = _cine_cases(path, patient) if include_cine else []
+    else:
+        cases = [{"image": path, "case_id": patient, "patient_id": patient}]
+    for case in cases:
+        case["dicom"] = info
+    return cases
 
 
 def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
@@ -151,12 +169,16 @@ def _images_tr(root: Path) -> list[dict]:
     return cases
 
 
-def discover_cases(root: str | os.PathLike, *, include_cine: bool = True) -> list[dict]:
+def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series_uid: str | None = None) -> list[dict]:
     """List the cases under ``root`` (see the module docstring for layouts).
 
+    Args:
+        include_cine: expand 4D cine files (and DICOM cine series) into one case per frame; False skips them.
+        series_uid: the DICOM SeriesInstanceUID to read where a folder holds several series.
+
     Raises:
-        IdealInputError: the folder is missing or empty, a listed file is missing, or two cases
-            share a case id.
+        IdealInputError: the folder is missing or empty, a listed file is missing, two cases
+            share a case id, or a DICOM folder is not one readable MR series.
     """
     root = Path(root)
     if not root.exists():
@@ -172,11 +194,17 @@ def discover_cases(root: str | os.PathLike, *, include_cine: bool = True) -> lis
     else:
         cases = []
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for sub in subdirs:  # ACDC: one folder per patient
-            cases += _plain_folder(sub, include_cine)
+        if any(is_dicom_file(p) for p in root.iterdir() if p.is_file()):  # the folder is one DICOM series
+            subdirs = []
+            cases += _dicom_cases(root, include_cine, series_uid)
+        for sub in subdirs:  # ACDC: one folder per patient; or a DICOM series per patient folder
+            found = _plain_folder(sub, include_cine)
+            if not found and dicom_files(sub):
+                found = _dicom_cases(sub, include_cine, series_uid)
+            cases += found
         cases += _plain_folder(root, include_cine)
     if not cases:
-        raise IdealInputError(root, "contains no images (.nii, .nii.gz, .mha, .nrrd) in a known layout")
+        raise IdealInputError(root, "contains no images (.nii, .nii.gz, .mha, .nrrd, or a DICOM series) in a known layout")
     seen: dict[str, Path] = {}
     for case in cases:
         if case["case_id"] in seen:

@@ -42,7 +42,8 @@ from ..errors import IdealInputError
 from ..utils.atomic import atomic_path
 from ..utils.classes import CLASS_LABELS
 
-__all__ = ["SyntheticCase", "generate_case", "write_synthetic_dataset", "phantom_affine"]
+__all__ = ["SyntheticCase", "generate_case", "write_synthetic_dataset", "write_synthetic_dicom", "phantom_affine",
+           "oblique_phantom_affine"]
 
 #: Default ranges of the random acquisition geometry.
 SIZE_RANGE = (144, 224)  # pixels per in-plane axis
@@ -588,3 +589,54 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, num_cases: int = 20, 
             raise IdealInputError(where, f"cannot write synthetic case: {e.strerror or e}") from e
         folders.append(folder)
     return folders
+
+
+def oblique_phantom_affine(spacing: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """A RAS affine with the phantom's spacing and an oblique short-axis orientation drawn from ``rng``.
+
+    Rotations of 20-50 degrees about each world axis, and a random origin: the geometry a scanner's
+    double-oblique short-axis cine has (the slice normal along no world axis).
+    """
+    from scipy.spatial.transform import Rotation
+
+    angles = rng.uniform(20.0, 50.0, size=3) * rng.choice([-1.0, 1.0], size=3)
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", angles, degrees=True).as_matrix() * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = rng.uniform(-80.0, 80.0, size=3)
+    return affine
+
+
+def write_synthetic_dicom(output_dir: str | os.PathLike, num_cases: int = 2, seed: int = 0, *, num_frames: int = 6,
+                          first_id: int = 1) -> list[tuple[Path, SyntheticCase, np.ndarray]]:
+    """Write phantom cines as scanner-like DICOM MR series: ``patientXXX/`` holds one series of 2D files.
+
+    Each position x phase is one file (random names, so the folder order means nothing), the stack has
+    an oblique orientation (:func:`oblique_phantom_affine`), the phases of each position have their own
+    trigger-time offset (as in a cine acquired over several breath-holds), and the patient tags carry a
+    height, weight and sex. The cine is the one :func:`write_synthetic_dataset` would write for the same
+    ``(seed, patient id)``. Returns ``(folder, case, RAS affine)`` per patient, for checks against the phantom.
+    """
+    from .dicom import write_dicom_series
+
+    output_dir = Path(output_dir)
+    if not _is_int(num_cases) or num_cases < 1:
+        raise IdealInputError(output_dir, f"num_cases must be a positive integer, got {num_cases!r}")
+    root = _as_seed_sequence(seed)
+    written = []
+    for pid in range(first_id, first_id + int(num_cases)):
+        case = generate_case(np.random.SeedSequence(root.entropy, spawn_key=(pid,)), num_frames=num_frames)
+        rng = np.random.default_rng([int(root.entropy) % 2**32, pid, 7])
+        affine = oblique_phantom_affine(case.spacing, rng)
+        nz, nt = case.cine.shape[2], case.cine.shape[3]
+        frame_ms = 800.0 / nt
+        trigger = np.arange(nt)[None, :] * frame_ms + rng.uniform(0.0, 0.4 * frame_ms, size=(nz, 1))
+        name = f"patient{pid:03d}"
+        tags = {"0010|0020": name, "0010|0040": str(rng.choice(["M", "F"])),
+                "0010|1020": f"{rng.uniform(1.55, 1.90):.2f}", "0010|1030": f"{rng.uniform(50, 95):.0f}"}
+        try:
+            write_dicom_series(case.cine, affine, output_dir / name, trigger_times_ms=trigger, tags=tags,
+                               series_number=pid, shuffle_seed=pid)
+        except (OSError, RuntimeError) as e:
+            raise IdealInputError(output_dir / name, f"cannot write the DICOM series: {str(e).strip().splitlines()[0]}") from e
+        written.append((output_dir / name, case, affine))
+    return written

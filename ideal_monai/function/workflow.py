@@ -35,9 +35,11 @@ from ..errors import IdealInputError
 from ..utils.atomic import atomic_path, atomic_write_text
 from ..utils.classes import CLASS_COLOURS, CLASS_LABELS
 from .agreement import agreement_table, plot_agreement
+from .clinical import INDEXED_NAMES, indexed_values, max_wall_thickness_mm, patient_body
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_unit)
 from .qc import quality_flags
+from .reference import REFERENCE_SOURCE, load_reference_ranges, outside_reference
 
 __all__ = ["function_patients", "read_info_cfg", "patient_function", "run_function"]
 
@@ -46,30 +48,44 @@ logger = logging.getLogger(__name__)
 _FRAME = re.compile(r"_frame(?P<frame>\d+)$")
 
 
-def read_info_cfg(path: Path) -> dict[str, int]:
-    """``{"ED": n, "ES": m}`` (1-based frame numbers) from an ACDC ``Info.cfg`` (``ED: 1`` lines)."""
-    out = {}
+def read_info_cfg(path: Path) -> dict[str, int | float | str]:
+    """``{"ED": n, "ES": m}`` (1-based frame numbers) from an ACDC ``Info.cfg`` (``ED: 1`` lines), with
+    ``Height`` (cm) and ``Weight`` (kg) as numbers and ``Group`` as text where the file has them."""
+    out: dict[str, int | float | str] = {}
     for line in Path(path).read_text(errors="replace").splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip() in ("ED", "ES"):
+        key, value = key.strip(), value.strip()
+        if not sep:
+            continue
+        if key in ("ED", "ES"):
             try:
-                out[key.strip()] = int(float(value.strip()))
+                out[key] = int(float(value))
             except ValueError:
-                raise IdealInputError(path, f"{key.strip()} is not a frame number: {value.strip()!r}") from None
+                raise IdealInputError(path, f"{key} is not a frame number: {value!r}") from None
+        elif key in ("Height", "Weight"):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise IdealInputError(path, f"{key} is not a number: {value!r}") from None
+        elif key == "Group":
+            out[key] = value
     return out
 
 
-def function_patients(dataset_dir: str | Path) -> list[dict]:
+def function_patients(dataset_dir: str | Path, series_uid: str | None = None) -> list[dict]:
     """Patients of ``dataset_dir``: ``{"patient_id", "cine": path | None, "frames": {n: case}, "info": path | None,
-    "error": IdealInputError | None}`` (``error``: a file of the patient could not be read).
+    "dicom": series info | None, "error": IdealInputError | None}`` (``error``: a file of the patient could not be
+    read; ``dicom``: identifiers and patient tags of a DICOM series, see :mod:`ideal_monai.data.dicom`).
 
     ``frames`` maps a frame number (from ``_frameYY`` names; 0 for other 3D files) to the
     discovered case dict (``image``, optional ``label``).
     """
     patients: dict[str, dict] = {}
-    for case in discover_cases(dataset_dir, include_cine=True):
+    for case in discover_cases(dataset_dir, include_cine=True, series_uid=series_uid or None):
         pid = case["patient_id"]
-        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None, "error": None})
+        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None, "dicom": None,
+                                      "error": None})
+        p["dicom"] = p["dicom"] or case.get("dicom")
         image = Path(case["image"])
         if "frame" in case:  # one frame of a 4D cine file
             p["cine"] = image
@@ -121,12 +137,13 @@ def _label_file(folder: Path | None, case_id: str) -> Path | None:
 
 def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], unit: VolumeUnit,
                      classes: Mapping[str, int] = ACDC_CLASSES, ed_es: tuple[int, int] | None = None,
-                     density: float = MYOCARDIAL_DENSITY) -> dict:
+                     density: float = MYOCARDIAL_DENSITY, spacing: Sequence[float] | None = None) -> dict:
     """Indices of one patient from its label frames (3D arrays) with the given frame ids.
 
     ``ed_es``: the ED and ES frame ids; ``None``: from the LV curve (max / min). With one frame only
     ED volumes and mass are computed. Returns ``indices``, ``curves`` (per class, per frame),
-    ``ed_frame``, ``es_frame``, ``qc`` flags and ``notes``.
+    ``ed_frame``, ``es_frame``, ``qc`` flags, ``notes`` and, given the voxel ``spacing`` in mm, ``wall``
+    (the maximal end-diastolic LV wall thickness, :func:`~ideal_monai.function.clinical.max_wall_thickness_mm`).
     """
     vols = [class_volumes(lab, unit, classes) for lab in labels]
     curves = {name: [v[name] for v in vols] for name in classes}
@@ -148,16 +165,29 @@ def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], uni
         qc += quality_flags(labels[es_i], "ES", classes)
         if ed["LV"] <= es["LV"]:
             qc.append("LV cavity at ED is not larger than at ES")
+    wall = (max_wall_thickness_mm(labels[ed_i], spacing, myo=classes["MYO"], lv=classes["LV"])
+            if spacing is not None and unit.unit == "mL" else None)
     return {"indices": cardiac_indices(ed, es, density), "curves": curves, "frames": list(frame_ids),
             "ed_frame": frame_ids[ed_i], "es_frame": None if es_i is None else frame_ids[es_i], "qc": qc,
-            "notes": notes}
+            "notes": notes, "wall": wall}
 
 
-def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es) -> dict:
-    """Automatic (and reference) function of one patient; raises IdealInputError for bad input."""
+def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es,
+                   body_given: Mapping | None = None, ranges: Sequence[Mapping] | None = None) -> dict:
+    """Automatic (and reference) function of one patient; raises IdealInputError for bad input.
+
+    ``body_given``: ``height_cm`` / ``weight_kg`` / ``sex`` from the user (they win over Info.cfg and DICOM tags).
+    """
     if p.get("error") is not None:
         raise p["error"]
     entry: dict = {"patient_id": p["patient_id"], "status": "ok"}
+    info_values = read_info_cfg(p["info"]) if p.get("info") is not None else {}
+    where = p.get("info") or (p["dicom"]["source"] if p.get("dicom") else p["patient_id"])
+    entry["body"] = patient_body(info_values, p.get("dicom"), where=str(where), **dict(body_given or {}))
+    if p.get("dicom"):
+        entry["dicom"] = {k: p["dicom"].get(k) for k in ("source", "patient_id", "study_uid", "series_uid",
+                                                         "series_description", "num_files", "phase_order")}
+        entry["trigger_times_ms"] = p["dicom"].get("trigger_times_ms")
     given = ed_es
     if p["cine"] is not None:
         image = Path(p["cine"])
@@ -173,7 +203,7 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         if not p["frames"]:
             raise IdealInputError(p["patient_id"], "no image")
         numbers = sorted(p["frames"])
-        info = read_info_cfg(p["info"]) if p["info"] is not None else {}
+        info = info_values
         if given is None and "ED" in info and "ES" in info:
             have_ed, have_es = info["ED"] in numbers, info["ES"] in numbers
             if have_ed and have_es:
@@ -223,9 +253,12 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
             zooms = zooms_all[0]
             frame_ids = numbers
         unit = volume_unit(zooms, where=str(src if isinstance(src, Path) else src[0]))
-        entry[kind] = patient_function(labels, frame_ids, unit, classes, given, density)
+        entry[kind] = res = patient_function(labels, frame_ids, unit, classes, given, density, spacing=zooms)
         if entry.get("note"):
-            entry[kind]["notes"].append(entry["note"])
+            res["notes"].append(entry["note"])
+        bsa = entry["body"]["bsa_m2"] if unit.unit == "mL" else None
+        res["indexed"] = indexed_values(res["indices"], bsa)
+        res["outside_reference"] = outside_reference(_clinical_values(res), entry["body"]["sex"], ranges)
         entry["unit"], entry["voxel_mm3"] = unit.unit, unit.voxel_mm3
         entry["mass_unit"] = "g" if unit.unit == "mL" else f"voxels x {density:g}"
     return entry
@@ -268,10 +301,23 @@ def _fmt(v, digits=1) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
 
 
+#: The clinical values beside :data:`INDEX_NAMES`: indexed to the BSA, and the maximal ED LV wall thickness.
+CLINICAL_NAMES = [*INDEXED_NAMES, "LV_max_wall_mm"]
+
+
+def _clinical_values(res: Mapping) -> dict[str, float | None]:
+    """One source's indices, indexed values and wall thickness in one flat dict."""
+    wall = (res.get("wall") or {}).get("max_wall_thickness_mm")
+    return {**res["indices"], **(res.get("indexed") or {}), "LV_max_wall_mm": wall}
+
+
 def _units(entry_unit: str | None, density: float = MYOCARDIAL_DENSITY) -> dict[str, str]:
     vol = entry_unit or "mL"
     mass = "g" if vol == "mL" else f"voxels x {density:g}"
-    return {k: {"volume": vol, "mass": mass, "percent": "%"}[kind] for k, kind in INDEX_NAMES.items()}
+    units = {k: {"volume": vol, "mass": mass, "percent": "%"}[kind] for k, kind in INDEX_NAMES.items()}
+    units.update({k: "g/m2" if "mass" in k else "mL/m2" for k in INDEXED_NAMES})
+    units["LV_max_wall_mm"] = "mm"
+    return units
 
 
 def _plot_curves(entry: dict, path: Path) -> None:
@@ -306,7 +352,8 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
                  class_labels: Mapping[str, int] | None = None, myocardial_density: float = MYOCARDIAL_DENSITY,
                  ed_frame: int | None = None, es_frame: int | None = None,
                  inference_overrides: Mapping | None = None, bundle_root: str | None = None,
-                 exit_on_failure: bool = True) -> dict:
+                 exit_on_failure: bool = True, series_uid: str | None = None, height_cm: float | None = None,
+                 weight_kg: float | None = None, sex: str | None = None, reference_ranges: str = "") -> dict:
     """Segment (unless ``prediction_dir`` holds the labels), compute and report every patient's function.
 
     Args:
@@ -321,6 +368,12 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
             ``frameYY`` numbers for ED/ES files. Default: Info.cfg, else the LV curve's maximum / minimum.
         inference_overrides: config values for the ``inference`` run (network, geometry, ``model_path``).
         exit_on_failure: exit with status 1 after writing the report when a patient failed.
+        series_uid: the DICOM series to read where a folder holds several.
+        height_cm, weight_kg, sex: the patient's, for the body surface area, the indexed values and the
+            reference ranges (``M``/``F``); they win over ``Info.cfg`` and DICOM tags, and need a dataset of
+            one patient.
+        reference_ranges: a JSON file of reference ranges to flag values against (default: the shipped
+            guideline cut-offs, :mod:`ideal_monai.function.reference`).
 
     Returns:
         the report dict written to ``function.json``.
@@ -342,9 +395,17 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     label_root = Path(label_dir) if label_dir else None
     if label_root is not None and not label_root.is_dir():
         raise IdealInputError(label_root, "label folder does not exist")
-    patients = function_patients(data)
+    patients = function_patients(data, series_uid)
     if not patients:
         raise IdealInputError(data, "no images found")
+    body_given = {k: v for k, v in (("height_cm", height_cm), ("weight_kg", weight_kg), ("sex", sex))
+                  if v not in (None, "")}
+    if body_given and len(patients) > 1:
+        raise IdealInputError(next(iter(body_given)), f"describes one patient, but {data} holds {len(patients)}: "
+                                                      "give it per patient (Info.cfg or DICOM tags) instead")
+    if sex not in (None, "") and str(sex).strip().upper() not in ("M", "F", "MALE", "FEMALE"):
+        raise IdealInputError("sex", f"expected M or F, got {sex!r}")
+    ranges = load_reference_ranges(reference_ranges)
     if prediction_dir:
         if not pred_dir.is_dir():
             raise IdealInputError(pred_dir, "prediction folder does not exist")
@@ -355,7 +416,7 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     entries = []
     for p in patients:
         try:
-            entry = _patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es)
+            entry = _patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given, ranges)
         except IdealInputError as e:
             entry = {"patient_id": p["patient_id"], "status": "not computed", "reason": str(e)}
         entries.append(entry)
@@ -368,14 +429,15 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     with_ref = [e for e in entries if e.get("auto") and e.get("reference")]
     names = list(INDEX_NAMES)
     report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": classes,
-              "myocardial_density": myocardial_density, "patients": entries, "agreement": None}
+              "myocardial_density": myocardial_density, "reference_ranges": ranges, "patients": entries,
+              "agreement": None}
     units = _units(next((e.get("unit") for e in entries if e.get("unit")), None), float(myocardial_density))
     if with_ref:
         if len({e["unit"] for e in with_ref}) > 1:
             logger.warning("patients mix mL and voxel units: agreement statistics mix them too")
-        auto = [e["auto"]["indices"] for e in with_ref]
-        ref = [e["reference"]["indices"] for e in with_ref]
-        report["agreement"] = agreement_table(auto, ref, names)
+        auto = [_clinical_values(e["auto"]) for e in with_ref]
+        ref = [_clinical_values(e["reference"]) for e in with_ref]
+        report["agreement"] = agreement_table(auto, ref, names + CLINICAL_NAMES)
         plot_agreement(auto, ref, names, units, out / "bland_altman.png", out / "scatter.png")
     _write_reports(out, report, units)
     failed = [e for e in entries if e["status"] != "ok"]
@@ -400,6 +462,12 @@ def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
                    "input": e.get("input", ""), "unit": e.get("unit", ""), "voxel_mm3": e.get("voxel_mm3"),
                    "ed_frame": res["ed_frame"] if res else None, "es_frame": res["es_frame"] if res else None}
             row.update({n: (res["indices"][n] if res else None) for n in names})
+            body = e.get("body") or {}
+            row.update({k: body.get(k) for k in ("sex", "height_cm", "weight_kg", "bsa_m2")})
+            values = _clinical_values(res) if res else {}
+            row.update({n: values.get(n) for n in CLINICAL_NAMES})
+            row["outside_reference"] = "; ".join(res.get("outside_reference") or []) if res else ""
+            row["series_uid"] = (e.get("dicom") or {}).get("series_uid") or ""
             row["qc_flags"] = "; ".join(res["qc"]) if res else ""
             row["notes"] = "; ".join(res["notes"]) if res else e.get("reason", "")
             rows.append(row)
@@ -426,6 +494,15 @@ def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
         qc = "; ".join(res["qc"] + res["notes"]) or "ok"
         lines.append(f"| {e['patient_id']} | {e['input']} | {res['ed_frame']} | {_fmt(res['es_frame'], 0)} | "
                      + " | ".join(_fmt(res["indices"][n]) for n in names) + f" | {qc} |")
+    lines += _clinical_lines(report["patients"], units)
+    series = [e for e in report["patients"] if e.get("dicom")]
+    if series:
+        lines += ["", "## DICOM series", "", "| patient | folder | PatientID | SeriesInstanceUID | description | files | "
+                  "phases ordered by |", "|---|---|---|---|---|---:|---|"]
+        for e in series:
+            d = e["dicom"]
+            lines.append(f"| {e['patient_id']} | {d.get('source')} | {d.get('patient_id') or ''} | {d.get('series_uid')} | "
+                         f"{d.get('series_description') or ''} | {d.get('num_files')} | {d.get('phase_order')} |")
     if report["agreement"]:
         lines += ["", "## Agreement with the reference labels", "",
                   "| index | n | MAE | bias | SD of difference | limits of agreement | Pearson r |",
@@ -439,3 +516,26 @@ def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
     if curves:
         lines += ["", "## Volume curves", ""] + [f"![{e['patient_id']}]({e['curve_png']})" for e in curves]
     atomic_write_text("\n".join(lines) + "\n", out / "report.md")
+
+
+def _clinical_lines(patients: Sequence[dict], units: Mapping[str, str]) -> list[str]:
+    """The report's clinical table: body size, values indexed to BSA, maximal wall thickness, reference flags."""
+    rows = [e for e in patients if e.get("auto") and e.get("unit") == "mL"]
+    if not rows:
+        return []
+    lines = ["", "## Clinical values", "",
+             f"Indexed to body surface area (Mosteller). Values outside the adult reference range of {REFERENCE_SOURCE} "
+             "(by sex where known) are listed in the last column: **a measurement, never a diagnosis**; the ranges "
+             "are in the bundle docs, \"Cardiac function\".", "",
+             "| patient | sex | height (cm) | weight (kg) | BSA (m2) | "
+             + " | ".join(f"{n} ({units[n]})" for n in CLINICAL_NAMES) + " | outside reference range |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(CLINICAL_NAMES) + "---|"]
+    for e in rows:
+        body, values = e.get("body") or {}, _clinical_values(e["auto"])
+        bsa = "" if body.get("bsa_m2") is None else f"{body['bsa_m2']:.2f}"
+        source = f" ({body['body_source']})" if body.get("body_source") else ""
+        lines.append(f"| {e['patient_id']} | {body.get('sex') or '?'} | {_fmt(body.get('height_cm'))} | "
+                     f"{_fmt(body.get('weight_kg'))} | {bsa}{source} | "
+                     + " | ".join(_fmt(values.get(n)) for n in CLINICAL_NAMES)
+                     + f" | {'; '.join(e['auto'].get('outside_reference') or []) or '-'} |")
+    return lines

@@ -27,13 +27,14 @@ from ..networks import stream_disagreement
 logger = logging.getLogger(__name__)
 
 
-def inference_cases(path: str | os.PathLike) -> list[dict]:
-    """One case per input file under ``path`` (a folder in any known layout, or one file).
+def inference_cases(path: str | os.PathLike, series_uid: str | None = None) -> list[dict]:
+    """One case per input file under ``path`` (a folder in any known layout, or one file; a DICOM series
+    folder, ``series_uid`` choosing where a folder holds several).
 
-    Label files are ignored; a 4D cine file stays one case (it is segmented frame by frame).
+    Label files are ignored; a 4D cine file (or DICOM cine) stays one case (it is segmented frame by frame).
     """
     cases, seen = [], set()
-    for case in discover_cases(path, include_cine=True):
+    for case in discover_cases(path, include_cine=True, series_uid=series_uid or None):
         image = Path(case["image"])
         if image in seen:
             continue

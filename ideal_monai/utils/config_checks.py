@@ -69,6 +69,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "test_time_flips": "bool",
     "overlays": "bool",
     "with_cine": "bool",
+    "dicom": "bool",
     # counts
     "seed": "count",
     "num_cases": "count",
@@ -107,6 +108,8 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "num_labeled": "optional_number",
     "iterations_per_epoch": "optional_number",
     "ed_frame": "optional_number",
+    "height_cm": "optional_number",
+    "weight_kg": "optional_number",
     "es_frame": "optional_number",
     # shapes
     "patch_size": "size",

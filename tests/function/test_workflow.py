@@ -113,7 +113,7 @@ def test_unit_spacing_is_reported_in_voxel_units(tmp_path):
 def test_info_cfg_fixes_the_frames(phantoms, tmp_path):
     data = _only_frames(phantoms, tmp_path / "data")
     (data / "patient001" / "Info.cfg").write_text("ED: 2\nES: 1\nGroup: NOR\n")  # deliberately swapped
-    assert read_info_cfg(data / "patient001" / "Info.cfg") == {"ED": 2, "ES": 1}
+    assert read_info_cfg(data / "patient001" / "Info.cfg") == {"ED": 2, "ES": 1, "Group": "NOR"}
     pred = _predictions_from_gt(data, tmp_path / "pred")
     report = run_function(str(data), str(tmp_path / "out"), prediction_dir=str(pred))
     p1 = report["patients"][0]["auto"]
