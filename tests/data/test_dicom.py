@@ -181,3 +181,49 @@ def test_converted_copy_is_not_in_the_input_and_header_is_the_series_geometry(ph
     np.testing.assert_allclose(img.affine, affine, atol=1e-4)
     assert int(img.header["sform_code"]) == int(img.header["qform_code"]) == 1
     assert img.shape == case.cine.shape
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    import torch
+
+    from ideal_monai.networks import DualDecoderUNet
+
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    torch.manual_seed(0)
+    torch.save(DualDecoderUNet(features=[4, 8, 8, 8, 8]).state_dict(), path)
+    return path
+
+
+def _bad_folders(root, phantom):
+    folder, case, _ = phantom
+    several = root / "several" / "p1"
+    shutil.copytree(folder, several)
+    write_dicom_series(case.cine[..., :2], np.diag([1.5, 1.5, 8.0, 1.0]), several, series_number=77, shuffle_seed=5)
+    not_mr = root / "not_mr" / "p1"
+    _small_series(not_mr, tags={"0008|0060": "CT"})
+    gaps = root / "gaps" / "p1"
+    files = write_dicom_series(np.zeros((16, 14, 5, 2), np.int16) + 5, np.diag([1.4, 1.4, 8.0, 1.0]), gaps)
+    for f in files[4:6]:
+        f.unlink()
+    return {"several series": (several, "image series: choose one with --series_uid"),
+            "not MR": (not_mr, "is not MR"), "uneven gaps": (gaps, "not evenly spaced")}
+
+
+@pytest.mark.parametrize("command", ["infer", "function"])
+def test_bad_series_on_the_command_line_is_one_line_exit_1_no_output(phantom_dicom, small_model, tmp_path, capsys, command):
+    import hashlib
+
+    from ideal_monai.cli import main
+
+    for name, (folder, message) in _bad_folders(tmp_path / "in", phantom_dicom).items():
+        digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+        out = tmp_path / "out" / name.replace(" ", "_")
+        argv = [command, "--dataset_dir", str(folder.parent), "--output_dir", str(out), "--model_path", str(small_model),
+                "--features", "[4, 8, 8, 8, 8]", "--patch_size", "[32, 32]"]
+        capsys.readouterr()
+        assert main(argv) == 1, name
+        err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(err) == 1 and str(folder) in err[0] and message in err[0], (name, err)
+        assert not out.exists() or not any(out.rglob("*.nii.gz")), name  # no partial output
+        assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == digest  # input untouched
