@@ -294,7 +294,8 @@ def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: s
     """``(NIfTI path, info)`` of ``folder``'s series, converted once per process (see the module docstring).
 
     The file is ``<private temp dir>/<n>/<case_id>.nii.gz``, holding the stored pixel values, the RAS affine (sform and qform, code 1 "scanner") and, for
-    a cine, the mean phase interval in ms as the fourth zoom. ``info`` is :attr:`DicomSeries.info` plus
+    a cine, the mean phase interval in ms as the fourth zoom; its ``descrip`` names the SeriesInstanceUID, and
+    so does every label file written on its grid. ``info`` is :attr:`DicomSeries.info` plus
     ``trigger_times_ms`` and ``source`` (the folder).
     """
     folder = Path(folder)
@@ -316,6 +317,8 @@ def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: s
             img.header.set_zooms(zooms)
         img.set_sform(series.affine, code=1)
         img.set_qform(series.affine, code=1)
+        # The labels written on this grid copy its header: the series stays named in every output file.
+        img.header["descrip"] = f"SeriesInstanceUID {series.info.get('series_uid') or '?'}"[:79].encode("ascii", "replace")
         nib.save(img, str(target))
         info = {**series.info, "trigger_times_ms": series.trigger_times_ms, "source": str(folder)}
         logger.info("%s: DICOM series %s (%d files) read as %s %s", folder, info["series_uid"], info["num_files"],

@@ -36,7 +36,9 @@ pytestmark = [
 ]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
-PROFILE = ["--patch_size", "[32, 32]", "--features", "[4, 8, 8, 8, 8]", "--max_epochs", "2",
+# The phantoms' own grid ("[]": no resampling), so the comparison is about DDP alone: resampled 32-pixel
+# windows made BatchNorm over 2 slices differ more from 4 slices than the tolerances below were set for.
+PROFILE = ["--patch_size", "[32, 32]", "--target_spacing", "[]", "--features", "[4, 8, 8, 8, 8]", "--max_epochs", "2",
            "--iterations_per_epoch", "3", "--seed", "0"]
 PRETRAIN = [*PROFILE, "--projection_channels", "16", "--view_scale", "[1.0, 1.0]", "--view_rotate_deg", "0.0",
             "--view_brightness", "0.0", "--view_contrast", "[1.0, 1.0]", "--view_noise_std", "[0.0, 0.0]"]

@@ -186,6 +186,7 @@ def test_dicom_cine_through_infer_and_function_with_the_trained_model(trained, t
     seg = nib.load(seg_dir / "patient050.nii.gz")
     assert seg.shape == case.cine.shape
     np.testing.assert_allclose(seg.affine, affine, atol=1e-3)  # the series' oblique geometry
+    assert seg.header["descrip"].tobytes().startswith(b"SeriesInstanceUID 1.")  # which series it segments
     labels = np.asarray(seg.dataobj)
     assert np.mean([_dice(labels, case.cine_label, v) for v in (1, 2, 3)]) > 0.7  # the phantom's own labels
     assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == before  # input untouched

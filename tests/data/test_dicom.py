@@ -181,6 +181,8 @@ def test_converted_copy_is_not_in_the_input_and_header_is_the_series_geometry(ph
     np.testing.assert_allclose(img.affine, affine, atol=1e-4)
     assert int(img.header["sform_code"]) == int(img.header["qform_code"]) == 1
     assert img.shape == case.cine.shape
+    uid = read_dicom_series(folder).info["series_uid"]
+    assert img.header["descrip"].tobytes().rstrip(b"\x00").decode() == f"SeriesInstanceUID {uid}"
 
 
 @pytest.fixture(scope="module")
