@@ -18,7 +18,9 @@ any NIfTI file (outputs are named after the folder); the input folder is never w
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
+import locale
 import logging
 import os
 import re
@@ -332,6 +334,17 @@ def _uid(prefix: str, *parts: int) -> str:
     return ".".join([prefix, *(str(int(p)) for p in parts)])[:64]
 
 
+@contextlib.contextmanager
+def _caller_locale_kept():
+    """GDCM's writer leaves the process's LC_CTYPE at "C", after which every text file opened without an
+    explicit encoding is ASCII: put the caller's locale back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder: str | os.PathLike, *,
                        trigger_times_ms: np.ndarray | None = None, tags: dict[str, str] | None = None,
                        uid_root: str = "1.2.826.0.1.3680043.10.1234", series_number: int = 1,
@@ -361,34 +374,36 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, folder: str | os.P
     if trigger_times_ms is None:
         trigger_times_ms = np.tile(np.arange(nt, dtype=np.float64) * 40.0, (nz, 1))
     rng = np.random.default_rng(shuffle_seed)
-    study = _uid(uid_root, series_number, 1)
-    series = _uid(uid_root, series_number, 2)
-    frame_of_reference = _uid(uid_root, series_number, 3)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetUseCompression(compressed)
+    study = _uid(uid_root, series_number, 1)
+    series = _uid(uid_root, series_number, 2)
+    frame_of_reference = _uid(uid_root, series_number, 3)
     paths = []
-    for z in range(nz):
-        origin = lps[:3, 3] + z * lps[:3, 2]
-        for t in range(nt):
-            image = sitk.GetImageFromArray(np.ascontiguousarray(cine[:, :, z, t].T[None]).astype(np.int16))
-            image.SetSpacing((float(spacing[0]), float(spacing[1]), float(spacing[2])))
-            image.SetOrigin(tuple(float(v) for v in origin))
-            image.SetDirection(tuple(float(v) for v in direction.ravel()))
-            number = z * nt + t + 1
-            values = {
-                "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0008|0018": _uid(uid_root, series_number, 4, number),
-                "0020|000d": study, "0020|000e": series, "0020|0052": frame_of_reference, "0020|0011": str(series_number),
-                "0020|0013": str(number), "0018|1060": f"{float(trigger_times_ms[z][t]):.2f}",
-                "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
-                "0020|0037": "\\".join(f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1])),
-                "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # row spacing (along Y), column spacing (along X)
-                "0018|0050": f"{spacing[2]:.4f}", "0008|103e": "cine SAX", **(tags or {}),
-            }
-            for key, value in values.items():
-                image.SetMetaData(key, value)
-            name = f"{rng.integers(0, 2**62):016x}.dcm" if shuffle_seed is not None else f"IM{number:05d}.dcm"
-            writer.SetFileName(str(folder / name))
-            writer.Execute(image)
-            paths.append(folder / name)
+    with _caller_locale_kept():
+        for z in range(nz):
+            origin = lps[:3, 3] + z * lps[:3, 2]
+            for t in range(nt):
+                image = sitk.GetImageFromArray(np.ascontiguousarray(cine[:, :, z, t].T[None]).astype(np.int16))
+                image.SetSpacing((float(spacing[0]), float(spacing[1]), float(spacing[2])))
+                image.SetOrigin(tuple(float(v) for v in origin))
+                image.SetDirection(tuple(float(v) for v in direction.ravel()))
+                number = z * nt + t + 1
+                values = {
+                    "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+                    "0008|0018": _uid(uid_root, series_number, 4, number), "0020|000d": study, "0020|000e": series,
+                    "0020|0052": frame_of_reference, "0020|0011": str(series_number),
+                    "0020|0013": str(number), "0018|1060": f"{float(trigger_times_ms[z][t]):.2f}",
+                    "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+                    "0020|0037": "\\".join(f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1])),
+                    "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # row spacing (along Y), column spacing (along X)
+                    "0018|0050": f"{spacing[2]:.4f}", "0008|103e": "cine SAX", **(tags or {}),
+                }
+                for key, value in values.items():
+                    image.SetMetaData(key, value)
+                name = f"{rng.integers(0, 2**62):016x}.dcm" if shuffle_seed is not None else f"IM{number:05d}.dcm"
+                writer.SetFileName(str(folder / name))
+                writer.Execute(image)
+                paths.append(folder / name)
     return paths

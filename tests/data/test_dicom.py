@@ -36,6 +36,16 @@ def test_series_becomes_the_phantom_cine_with_its_oblique_geometry(phantom_dicom
     assert len(times) == 6 and all(b > a for a, b in zip(times, times[1:]))
 
 
+def test_writing_and_reading_leave_the_process_text_encoding_alone(tmp_path):
+    """GDCM's writer sets LC_CTYPE to "C" (ASCII text I/O for the rest of the process) unless it is restored."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(np.ones((8, 8, 2, 2), np.int16), np.eye(4), tmp_path / "s", compressed=True)
+    read_dicom_series(tmp_path / "s")
+    assert locale.setlocale(locale.LC_ALL) == before
+
+
 def test_trigger_time_orders_phases_where_positions_are_offset(tmp_path):
     """Offsets larger than a phase step between positions: sorting all files by trigger time would mix phases."""
     cine = np.random.default_rng(0).integers(0, 1000, size=(20, 18, 4, 5)).astype(np.int16)
