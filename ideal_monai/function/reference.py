@@ -1,6 +1,7 @@
 """Reference ranges the function report compares a patient's values with (a flag, never a diagnosis).
 
-A range is ``{"name", "sex" ("M", "F" or "any"), "low", "high", "source"}`` (either bound may be null).
+A range is ``{"name", "sex" ("M", "F" or "any"), "low", "high", "source"}`` (either bound may be null;
+``"high_inclusive": false`` puts the high bound itself outside, for a criterion such as ">= 15 mm").
 A value outside a range that matches the patient's sex (or ``any``) is listed in the report; with the
 sex unknown, a sex-specific value is flagged only when it lies outside the ranges of both sexes.
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from ..errors import IdealInputError
 
-__all__ = ["DEFAULT_RANGES", "REFERENCE_SOURCE", "load_reference_ranges", "outside_reference"]
+__all__ = ["DEFAULT_RANGES", "load_reference_ranges", "outside_reference"]
 
 DEFAULT_RANGES: list[dict] = [
     {"name": "LV_EF", "sex": "any", "low": 50.0, "high": None,
@@ -30,9 +31,6 @@ DEFAULT_RANGES: list[dict] = [
     {"name": "LV_max_wall_mm", "sex": "any", "low": None, "high": 15.0, "high_inclusive": False,
      "source": "ESC 2014 hypertrophic cardiomyopathy guidelines (adult wall thickness >= 15 mm)"},
 ]
-
-#: How the report names what it compares with by default.
-REFERENCE_SOURCE = "the ESC guideline cut-offs (LV EF, maximal wall thickness) or the site's reference_ranges file"
 
 
 def load_reference_ranges(path: str | os.PathLike | None) -> list[dict]:

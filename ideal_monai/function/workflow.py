@@ -39,7 +39,7 @@ from .clinical import INDEXED_NAMES, indexed_values, max_wall_thickness_mm, pati
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_unit)
 from .qc import quality_flags
-from .reference import REFERENCE_SOURCE, load_reference_ranges, outside_reference
+from .reference import load_reference_ranges, outside_reference
 
 __all__ = ["function_patients", "read_info_cfg", "patient_function", "run_function"]
 
@@ -181,9 +181,9 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
     if p.get("error") is not None:
         raise p["error"]
     entry: dict = {"patient_id": p["patient_id"], "status": "ok"}
-    info_values = read_info_cfg(p["info"]) if p.get("info") is not None else {}
+    info = read_info_cfg(p["info"]) if p.get("info") is not None else {}
     where = p.get("info") or (p["dicom"]["source"] if p.get("dicom") else p["patient_id"])
-    entry["body"] = patient_body(info_values, p.get("dicom"), where=str(where), **dict(body_given or {}))
+    entry["body"] = patient_body(info, p.get("dicom"), where=str(where), **dict(body_given or {}))
     if p.get("dicom"):
         entry["dicom"] = {k: p["dicom"].get(k) for k in ("source", "patient_id", "study_uid", "series_uid",
                                                          "series_description", "num_files", "phase_order")}
@@ -203,7 +203,6 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         if not p["frames"]:
             raise IdealInputError(p["patient_id"], "no image")
         numbers = sorted(p["frames"])
-        info = info_values
         if given is None and "ED" in info and "ES" in info:
             have_ed, have_es = info["ED"] in numbers, info["ES"] in numbers
             if have_ed and have_es:
@@ -494,7 +493,7 @@ def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
         qc = "; ".join(res["qc"] + res["notes"]) or "ok"
         lines.append(f"| {e['patient_id']} | {e['input']} | {res['ed_frame']} | {_fmt(res['es_frame'], 0)} | "
                      + " | ".join(_fmt(res["indices"][n]) for n in names) + f" | {qc} |")
-    lines += _clinical_lines(report["patients"], units)
+    lines += _clinical_lines(report["patients"], report["reference_ranges"], units)
     series = [e for e in report["patients"] if e.get("dicom")]
     if series:
         lines += ["", "## DICOM series", "", "| patient | folder | PatientID | SeriesInstanceUID | description | files | "
@@ -518,15 +517,15 @@ def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
     atomic_write_text("\n".join(lines) + "\n", out / "report.md")
 
 
-def _clinical_lines(patients: Sequence[dict], units: Mapping[str, str]) -> list[str]:
+def _clinical_lines(patients: Sequence[dict], ranges: Sequence[Mapping], units: Mapping[str, str]) -> list[str]:
     """The report's clinical table: body size, values indexed to BSA, maximal wall thickness, reference flags."""
     rows = [e for e in patients if e.get("auto") and e.get("unit") == "mL"]
     if not rows:
         return []
+    sources = "; ".join(dict.fromkeys(str(r.get("source") or r["name"]) for r in ranges))
     lines = ["", "## Clinical values", "",
-             f"Indexed to body surface area (Mosteller). Values outside the adult reference range of {REFERENCE_SOURCE} "
-             "(by sex where known) are listed in the last column: **a measurement, never a diagnosis**; the ranges "
-             "are in the bundle docs, \"Cardiac function\".", "",
+             "Indexed to body surface area (Mosteller). Values outside a reference range (by sex where known) are "
+             f"listed in the last column: **a measurement, never a diagnosis**. Ranges: {sources}.", "",
              "| patient | sex | height (cm) | weight (kg) | BSA (m2) | "
              + " | ".join(f"{n} ({units[n]})" for n in CLINICAL_NAMES) + " | outside reference range |",
              "|---|---|---:|---:|---:|" + "---:|" * len(CLINICAL_NAMES) + "---|"]
