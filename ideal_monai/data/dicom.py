@@ -45,7 +45,7 @@ TAGS = {
     "position": "0020|0032", "orientation": "0020|0037", "pixel_spacing": "0028|0030", "rows": "0028|0010",
     "columns": "0028|0011", "trigger_time": "0018|1060", "instance_number": "0020|0013",
     "patient_size_m": "0010|1020", "patient_weight_kg": "0010|1030", "patient_sex": "0010|0040",
-    "patient_age": "0010|1010",
+    "patient_age": "0010|1010", "number_of_frames": "0028|0008",
 }
 
 #: Positions closer than this along the slice normal are the same slice position (mm).
@@ -127,6 +127,17 @@ def _number(text: str | None) -> float | None:
     return float(values[0]) if values is not None and values.size else None
 
 
+def _pixels(path: Path, folder: Path) -> np.ndarray:
+    """The ``(rows, cols)`` pixel array of one single-frame DICOM file (RuntimeError: GDCM cannot decode it)."""
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="GDCMImageIO"))
+    if array.ndim != 3 or array.shape[0] != 1:  # frames the header did not announce: never keep only the first
+        raise IdealInputError(folder, f"{path.name} is a multi-frame (enhanced) DICOM object; export the series as "
+                                      "one file per image")
+    return array[0]
+
+
 @dataclasses.dataclass
 class DicomSeries:
     """One series as a volume.
@@ -190,6 +201,10 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         chosen = next(iter(images.values())) if images else next(iter(series.values()))
     first = chosen[0][1]
     modality = first.get("modality", "")
+    multi = next((path for path, h in chosen if (_number(h.get("number_of_frames")) or 1) > 1), None)
+    if multi is not None:
+        raise IdealInputError(folder, f"{multi.name} is a multi-frame (enhanced) DICOM object; export the series "
+                                      "as one file per image")
     if not all("rows" in h and "position" in h and "orientation" in h for _, h in chosen):
         raise IdealInputError(folder, f"series {first.get('series_uid', '?')} holds objects that are not images "
                                       f"(SOP class {first.get('sop_class', 'unknown')}); expected an MR image series")
@@ -239,8 +254,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     frames = []
     try:
         for p in positions:
-            frames.append([sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="GDCMImageIO"))[0]
-                           for _, path, _ in p])
+            frames.append([_pixels(path, folder) for _, path, _ in p])
     except RuntimeError:
         bad = next(path for p in positions for _, path, _ in p)
         syntax = _transfer_syntax(bad)

@@ -155,6 +155,17 @@ def test_non_image_object(tmp_path):
     _expect(folder, "not images")
 
 
+def test_multi_frame_object_is_refused_not_cut_to_its_first_frame(tmp_path):
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 900, size=(4, 12, 10)).astype(np.int16))
+    for key, value in {"0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0020|000e": "1.2.3.9"}.items():
+        image.SetMetaData(key, value)
+    (tmp_path / "s").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "s" / "enhanced.dcm"))
+    _expect(tmp_path / "s", r"enhanced.dcm is a multi-frame \(enhanced\) DICOM object; export the series as one file")
+
+
 def test_compressed_series_a_decoder_reads(tmp_path):
     cine = np.random.default_rng(4).integers(0, 1000, size=(16, 14, 3, 2)).astype(np.int16)
     write_dicom_series(cine, np.diag([1.4, 1.4, 8.0, 1.0]), tmp_path / "s", compressed=True)
