@@ -5,8 +5,8 @@ Conventions (also in ``bundle/docs/README.md``, "Cardiac function"):
 - A class volume is its voxel count times the product of the first three header zooms, / 1000 (mL).
   No interpolation between slices; the third zoom is the slice spacing (gaps between slices count
   as tissue, as in the ACDC challenge's evaluation).
-- When the spacing is unit (1 x 1 x 1: headers that lost the real spacing, like the ACDC copy in
-  ``../shared/data/acdc``) volumes are reported in **voxels** and never as mL; ratios (EF) stay valid.
+- When the spacing is unit (1 x 1 x 1: headers that lost the real spacing, like the earlier unit-spacing
+  copy of ACDC) volumes are reported in **voxels** and never as mL; ratios (EF) stay valid.
 - ED is the frame of maximum LV cavity volume, ES the frame of minimum (unless frames are given).
   RV volumes are taken at the frames the LV defines.
 - SV = EDV - ESV, EF = 100 * SV / EDV; myocardial mass = LV myocardium volume at ED * 1.05 g/mL.
