@@ -53,8 +53,9 @@ def _too_large(shape: tuple[int, ...]) -> str | None:
     return None
 logger = logging.getLogger(__name__)
 
-#: Files whose sform/qform scale disagreed with ``pixdim``, already logged (one line per file per process).
-_SCALE_QUIRK_LOGGED: set[str] = set()
+#: NIfTI files whose sform/qform scale was already compared with ``pixdim`` (one check, one log line per file
+#: per process: a 4D cine is read once per frame).
+_SCALE_CHECKED: set[str] = set()
 
 #: Relative tolerance between an affine column's length and the header's ``pixdim`` before they "disagree".
 PIXDIM_RTOL = 1e-3
@@ -154,14 +155,14 @@ def _log_scale_quirk(path: Path) -> None:
     sform. MONAI's ``NibabelReader`` then rescales the affine's columns to ``pixdim`` (keeping the
     sform's direction and origin), which is what ITK does: volumes come out in real mm either way.
     """
-    if str(path) in _SCALE_QUIRK_LOGGED:
+    if str(path) in _SCALE_CHECKED:
         return
+    _SCALE_CHECKED.add(str(path))
     header = nib.load(str(path)).header
     zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
     scales = np.linalg.norm(np.asarray(header.get_best_affine(), dtype=np.float64)[:3, :3], axis=0)
     if np.allclose(scales, zooms, rtol=PIXDIM_RTOL, atol=0):
         return
-    _SCALE_QUIRK_LOGGED.add(str(path))
     form = "sform" if int(header["sform_code"]) > 0 else "qform"
     logger.info("%s: the %s's scale (%s) disagrees with pixdim (%s); using pixdim as the spacing in mm, with the "
                 "%s's direction and origin (as ITK does)", path, form, " x ".join(f"{v:g}" for v in scales),

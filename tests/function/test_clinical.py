@@ -136,4 +136,6 @@ def test_height_and_weight_given_for_one_patient_win_and_are_refused_for_several
     assert (body["height_cm"], body["weight_kg"], body["sex"], body["body_source"]) == (190, 100, "F", "given")
     with pytest.raises(IdealInputError, match="describes one patient, but .* holds 2"):
         run_function(str(acdc_like), str(tmp_path / "out2"), prediction_dir=str(pred), height_cm=190)
+    with pytest.raises(IdealInputError, match="sex: expected M or F, got 'X'"):
+        run_function(str(one), str(tmp_path / "out2"), prediction_dir=str(pred), sex="X")
     assert not (tmp_path / "out2").exists()
