@@ -169,8 +169,11 @@ def _fmt(v: np.ndarray) -> str:
     return "\\".join(f"{x:g}" for x in np.asarray(v).ravel())
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomSeries:
+def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
+                      files: list[Path] | None = None) -> DicomSeries:
     """Read the MR image series of ``folder`` (see the module docstring) as a :class:`DicomSeries`.
+
+    ``files``: :func:`dicom_files` of ``folder`` when the caller already listed them.
 
     Raises:
         IdealInputError: naming ``folder`` for no DICOM files, several series without ``series_uid``,
@@ -181,7 +184,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     import SimpleITK as sitk
 
     folder = Path(folder)
-    files = dicom_files(folder)
+    files = dicom_files(folder) if files is None else files
     if not files:
         raise IdealInputError(folder, "holds no DICOM files")
     headers = [(path, _header(path)) for path in files]
@@ -306,7 +309,8 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "series"
 
 
-def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: str | None = None) -> tuple[Path, dict]:
+def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: str | None = None,
+                          files: list[Path] | None = None) -> tuple[Path, dict]:
     """``(NIfTI path, info)`` of ``folder``'s series, converted once per process (see the module docstring).
 
     The file is ``<private temp dir>/<n>/<case_id>.nii.gz``, holding the stored pixel values, the RAS affine (sform and qform, code 1 "scanner") and, for
@@ -315,12 +319,12 @@ def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: s
     ``trigger_times_ms`` and ``source`` (the folder).
     """
     folder = Path(folder)
-    files = dicom_files(folder)
+    files = dicom_files(folder) if files is None else files
     key = (str(folder.resolve()), series_uid, tuple((str(f), f.stat().st_mtime_ns) for f in files))
     with _CACHE_LOCK:
         if key in _CONVERTED and _CONVERTED[key][0].is_file():
             return _CONVERTED[key]
-        series = read_dicom_series(folder, series_uid)
+        series = read_dicom_series(folder, series_uid, files)
         cine = series.array.ndim == 4
         target_dir = _cache_dir() / str(len(_CONVERTED))
         target_dir.mkdir(parents=True, exist_ok=True)

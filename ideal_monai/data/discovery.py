@@ -63,9 +63,10 @@ def _cine_cases(path: Path, patient_id: str) -> list[dict]:
     ]
 
 
-def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None) -> list[dict]:
-    """The case(s) of the DICOM series in ``folder``: one volume, or a cine's frames (see :func:`_cine_cases`)."""
-    path, info = dicom_series_as_nifti(folder, folder.name, series_uid)
+def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None, files: list[Path] | None = None) -> list[dict]:
+    """The case(s) of the DICOM series in ``folder``: one volume, or a cine's frames (see :func:`_cine_cases`).
+    ``files``: the folder's DICOM files when already listed."""
+    path, info = dicom_series_as_nifti(folder, folder.name, series_uid, files)
     patient = strip_image_suffix(path)
     if len(read_shape(path)) == 4:
         cases = _cine_cases(path, patient) if include_cine else []
@@ -199,8 +200,9 @@ def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series
             cases += _dicom_cases(root, include_cine, series_uid)
         for sub in subdirs:  # ACDC: one folder per patient; or a DICOM series per patient folder
             found = _plain_folder(sub, include_cine)
-            if not found and dicom_files(sub):
-                found = _dicom_cases(sub, include_cine, series_uid)
+            if not found:
+                files = dicom_files(sub)
+                found = _dicom_cases(sub, include_cine, series_uid, files) if files else []
             cases += found
         cases += _plain_folder(root, include_cine)
     if not cases:
