@@ -13,13 +13,17 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 from torch.utils.data.distributed import DistributedSampler
 
-from ..losses import BidirectionalConsistencyLoss
+from ..losses import BidirectionalConsistencyLoss, MixedSupervisionLoss
 from ..networks import split_streams
+from ..transforms import BidirectionalCopyPaste
 from ..utils.precision import autocast, resolve_precision
 from ..utils.weights import unwrap
 from .utils import backward_and_step, check_finite
 
 logger = logging.getLogger(__name__)
+
+#: The batch key of the strongly augmented view of ``"image"`` (same geometry, other intensities).
+STRONG_IMAGE_KEY = "image_strong"
 
 
 class TwoStreamTrainer(Trainer):
@@ -39,6 +43,20 @@ class TwoStreamTrainer(Trainer):
     (``L_bcr`` needs two streams). ``engine.state.output`` holds ``loss``, ``loss_sup``,
     ``loss_bcr``, ``lambda`` and ``pred`` (the first stream's logits on the labeled batch).
 
+    **Pseudo-label supervision** (``pseudo_supervision`` given, with unlabeled data): a teacher (the
+    EMA of the weights, or the network itself) predicts the unlabeled slices without gradient, in
+    eval mode (both streams' ensemble); its argmax is the pseudo-label ``y_u``, kept where its
+    probability reaches ``pseudo_label_threshold``. With ``copy_paste`` the student sees only
+    bidirectionally mixed slices (BCP), else the labeled and unlabeled slices side by side; where a
+    batch carries ``"image_strong"`` (a strongly augmented view of the same slice, intensity only) the
+    student sees it while the teacher saw ``"image"`` (weak-to-strong consistency)::
+
+        L_sup    = sum_s 0.5 * (Dice + CE)(p_s, y)[ground-truth pixels]
+        L_pseudo = sum_s 0.5 * (Dice + CE)(p_s, y_u)[confident pseudo-labeled pixels]
+        L        = L_sup + w_u(t) * L_pseudo + lambda(t) * L_bcr        (L_bcr on the student's input)
+
+    and ``engine.state.output`` also holds ``loss_pseudo`` and ``pseudo_weight``.
+
     Args:
         device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers:
             as for ``monai.engines.SupervisedTrainer``.
@@ -54,6 +72,14 @@ class TwoStreamTrainer(Trainer):
         consistency_weight: ``lambda(t)``: a callable of the iteration number (e.g.
             :class:`~ideal_monai.losses.ConsistencyWeightSchedule`) or a constant.
         nonfinite: ``"stop"`` or ``"skip"`` (see :func:`ideal_monai.engines.utils.check_finite`).
+        pseudo_supervision: a :class:`~ideal_monai.losses.MixedSupervisionLoss` to turn on
+            pseudo-label supervision (above), or None.
+        pseudo_label_weight: ``w_u(t)``: a callable of the iteration number or a constant.
+        pseudo_label_threshold: confidence a pseudo-label needs, in ``[0, 1]``; None keeps all.
+        teacher: the module whose eval-mode output (log-probabilities ``(B, C, H, W)``) gives the
+            pseudo-labels, e.g. :attr:`~ideal_monai.handlers.WeightEMA.averaged_network`; None: the
+            trained network itself.
+        copy_paste: a :class:`~ideal_monai.transforms.BidirectionalCopyPaste`, or None (no mixing).
     """
 
     def __init__(
@@ -72,6 +98,11 @@ class TwoStreamTrainer(Trainer):
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
         precision: str = "fp32",
+        pseudo_supervision: MixedSupervisionLoss | None = None,
+        pseudo_label_weight: Callable[[int], float] | float = 0.5,
+        pseudo_label_threshold: float | None = None,
+        teacher: torch.nn.Module | None = None,
+        copy_paste: BidirectionalCopyPaste | None = None,
     ) -> None:
         resolved = resolve_precision(precision, device)
         super().__init__(
@@ -94,6 +125,15 @@ class TwoStreamTrainer(Trainer):
         self.consistency_loss = consistency_loss if consistency_loss is not None else BidirectionalConsistencyLoss()
         self.consistency_weight = consistency_weight
         self.nonfinite = nonfinite
+        if pseudo_label_threshold is not None and not 0.0 <= float(pseudo_label_threshold) <= 1.0:
+            raise ValueError(f"pseudo_label_threshold must be in [0, 1] or None, got {pseudo_label_threshold!r}")
+        if copy_paste is not None and pseudo_supervision is None:
+            raise ValueError("copy_paste needs pseudo_supervision (the loss of the mixed slices)")
+        self.pseudo_supervision = pseudo_supervision
+        self.pseudo_label_weight = pseudo_label_weight
+        self.pseudo_label_threshold = pseudo_label_threshold
+        self.teacher = teacher
+        self.copy_paste = copy_paste
         self._unlabeled_iter = None
         self._unlabeled_passes = 0
         from ignite.engine import Events
@@ -123,39 +163,93 @@ class TwoStreamTrainer(Trainer):
         w = self.consistency_weight
         return float(w(self.state.iteration) if callable(w) else w)
 
+    def current_pseudo_weight(self) -> float:
+        """``w_u(t)`` at the current iteration."""
+        w = self.pseudo_label_weight
+        return float(w(self.state.iteration) if callable(w) else w)
+
+    @torch.no_grad()
+    def pseudo_labels(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's pseudo-labels of ``x_u (B, 1, H, W)``: ``(labels (B, 1, H, W) long, valid (B, 1, H, W) bool)``.
+
+        The teacher runs in eval mode (its BatchNorm statistics, both streams' ensemble); the trained
+        network is put back in train mode by :meth:`step`.
+        """
+        teacher = self.teacher if self.teacher is not None else unwrap(self.network)
+        teacher.eval()
+        with autocast(self.precision, x_u.device):
+            log_probs = teacher(x_u)
+        confidence, labels = log_probs.float().exp().max(dim=1, keepdim=True)
+        if self.pseudo_label_threshold is None:
+            return labels, torch.ones_like(labels, dtype=torch.bool)
+        return labels, confidence >= self.pseudo_label_threshold
+
     def _iteration(self, engine: TwoStreamTrainer, batchdata: dict) -> dict:
+        return engine.step(batchdata)
+
+    def step(self, batchdata: dict) -> dict:
+        """One training step on a labeled batch (and the next unlabeled batch); returns the output dict.
+
+        Ignite calls it through ``_iteration``; a benchmark may call it directly to time steps.
+        """
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        device = engine.state.device
-        x_l = batchdata[Keys.IMAGE].to(device, non_blocking=engine.non_blocking)
-        y_l = batchdata[Keys.LABEL].to(device, non_blocking=engine.non_blocking)
-        inputs = x_l
-        if engine.unlabeled_data_loader is not None:
-            x_u = engine._next_unlabeled()[Keys.IMAGE].to(device, non_blocking=engine.non_blocking)
-            inputs = torch.cat([x_l, x_u], dim=0)
-        n_l = x_l.shape[0]
-        engine.state.output = {Keys.IMAGE: x_l, Keys.LABEL: y_l}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=True)
+        device = self.state.device
+        non_blocking = self.non_blocking
+        x_l = batchdata[Keys.IMAGE].to(device, non_blocking=non_blocking)
+        y_l = batchdata[Keys.LABEL].to(device, non_blocking=non_blocking)
+        unlabeled = self._next_unlabeled() if self.unlabeled_data_loader is not None else None
+        self.state.output = {Keys.IMAGE: x_l, Keys.LABEL: y_l}
+        lam = self.current_lambda()
+        pseudo = self.pseudo_supervision is not None and unlabeled is not None
+        w_u = self.current_pseudo_weight() if pseudo else 0.0
 
-        lam = engine.current_lambda()
-        with autocast(engine.precision, device):  # the network's forward only
-            logits = split_streams(engine.network(inputs), engine.num_streams)  # S x (B, C, H, W)
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        if pseudo:
+            x_u = unlabeled[Keys.IMAGE].to(device, non_blocking=non_blocking)
+            y_u, valid_u = self.pseudo_labels(x_u)  # from the weak view
+            # the student sees the strong views where the batches carry them (weak-to-strong)
+            xs_l = _strong_view(batchdata, x_l, device, non_blocking)
+            xs_u = _strong_view(unlabeled, x_u, device, non_blocking)
+            if self.copy_paste is not None:
+                inputs, target, from_labeled, valid = self.copy_paste(xs_l, y_l, xs_u, y_u, valid_u)
+            else:
+                inputs = torch.cat([xs_l, xs_u])
+                target = torch.cat([y_l.long(), y_u])
+                from_labeled = torch.cat([torch.ones_like(y_l, dtype=torch.bool), torch.zeros_like(y_u, dtype=torch.bool)])
+                valid = torch.cat([torch.ones_like(y_l, dtype=torch.bool), valid_u])
+        else:
+            inputs = x_l
+            if unlabeled is not None:
+                inputs = torch.cat([x_l, unlabeled[Keys.IMAGE].to(device, non_blocking=non_blocking)], dim=0)
+        n_l = x_l.shape[0]
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        with autocast(self.precision, device):  # the network's forward only
+            logits = split_streams(self.network(inputs), self.num_streams)  # S x (B, C, H, W)
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
         # Losses in float32, outside autocast (softmax, Dice sums and CE on 16-bit logits lose digits).
         logits = [s.float() for s in logits]
-        loss_sup = sum(0.5 * engine.supervised_loss(s[:n_l], y_l) for s in logits)
+        loss_pseudo = None
+        if pseudo:
+            terms = [self.pseudo_supervision.terms(s, target, from_labeled, valid) for s in logits]
+            loss_sup = sum(0.5 * self.pseudo_supervision.labeled_weight * gt for gt, _ in terms)
+            loss_pseudo = sum(0.5 * p for _, p in terms)
+        else:
+            loss_sup = sum(0.5 * self.supervised_loss(s[:n_l], y_l) for s in logits)
         loss_bcr = loss_sup * 0.0
-        if engine.num_streams > 1:
-            loss_bcr = engine.consistency_loss(logits[0], logits[1])
+        if self.num_streams > 1:
+            loss_bcr = self.consistency_loss(logits[0], logits[1])
         loss = loss_sup + lam * loss_bcr
-        engine.state.output[Keys.LOSS] = loss
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if loss_pseudo is not None:
+            loss = loss + w_u * loss_pseudo
+        self.state.output[Keys.LOSS] = loss
+        self.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        if check_finite(engine, loss):
-            backward_and_step(engine, loss)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        engine.state.output = {
+        if check_finite(self, loss):
+            backward_and_step(self, loss)
+        self.fire_event(IterationEvents.MODEL_COMPLETED)
+        output = {
             Keys.LOSS: loss.detach(),
             "loss_sup": loss_sup.detach(),
             "loss_bcr": loss_bcr.detach(),
@@ -163,4 +257,21 @@ class TwoStreamTrainer(Trainer):
             Keys.PRED: logits[0][:n_l].detach(),
             Keys.LABEL: y_l,
         }
-        return engine.state.output
+        if loss_pseudo is not None:
+            output["loss_pseudo"] = loss_pseudo.detach()
+            output["pseudo_weight"] = torch.tensor(w_u)
+            if self.copy_paste is not None:  # the first B_l mixed slices are mostly the labeled ones
+                output[Keys.PRED], output[Keys.LABEL] = logits[0][:n_l].detach(), target[:n_l]
+        self.state.output = output
+        return output
+
+
+def _strong_view(batch: dict, weak: torch.Tensor, device, non_blocking: bool) -> torch.Tensor:
+    """``batch["image_strong"]`` on the device when the loader made one, else the weak view itself."""
+    strong = batch.get(STRONG_IMAGE_KEY)
+    if strong is None:
+        return weak
+    strong = strong.as_tensor() if hasattr(strong, "as_tensor") else strong
+    if strong.shape != weak.shape:
+        raise ValueError(f"{STRONG_IMAGE_KEY} must have the image's shape {tuple(weak.shape)}, got {tuple(strong.shape)}")
+    return strong.to(device, non_blocking=non_blocking)

@@ -2,9 +2,11 @@
 
 - :mod:`.paired_views`: two augmented views of a slice plus their dense feature-map correspondence,
   for the dense local contrastive pre-training (METHOD §3; sources in bundle/docs/README.md).
+- :mod:`.copy_paste`: bidirectional copy-paste mixing of a labeled and an unlabeled batch (fine-tuning).
 - :mod:`.heart_components`: inference post-processing, the heart's largest component then each structure's.
 """
 
+from .copy_paste import BidirectionalCopyPaste, MixedBatch, random_box_masks
 from .heart_components import KeepHeartComponentsd
 from .paired_views import (
     RandPairedViewsd,
@@ -18,6 +20,9 @@ from .paired_views import (
 )
 
 __all__ = [
+    "BidirectionalCopyPaste",
+    "MixedBatch",
+    "random_box_masks",
     "KeepHeartComponentsd",
     "RandPairedViewsd",
     "RandPairedViewsD",

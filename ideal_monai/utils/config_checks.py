@@ -70,6 +70,8 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "overlays": "bool",
     "with_cine": "bool",
     "dicom": "bool",
+    "copy_paste": "bool",
+    "strong_augmentation": "bool",
     # counts
     "seed": "count",
     "num_cases": "count",
@@ -105,6 +107,9 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "view_rotate_deg": "number",
     "view_brightness": "number",
     "confidence_threshold": "optional_number",
+    "pseudo_label_weight": "non_negative_number",
+    "pseudo_label_threshold": "optional_number",
+    "copy_paste_box": "number",
     "num_labeled": "optional_number",
     "iterations_per_epoch": "optional_number",
     "ed_frame": "optional_number",
@@ -126,6 +131,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "num_streams": (1, 2),
     "nonfinite": ("stop", "skip"),
     "eval_stream": (None, 1, 2),
+    "pseudo_label_teacher": ("ema", "student"),
 }
 
 
