@@ -1,4 +1,4 @@
-"""Bidirectional consistency regularisation (IDEAL fine-tuning, METHOD §4; sources in bundle/docs/README.md).
+"""Bidirectional consistency regularisation (IDEAL fine-tuning, docs/METHOD.md §4; sources in bundle/docs/README.md).
 
 Two decoder streams predict the same slice; each is trained toward the other's hard pseudo-label:
 

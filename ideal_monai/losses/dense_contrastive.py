@@ -1,4 +1,4 @@
-"""Dense local contrastive loss (IDEAL pre-training, METHOD §3; sources in bundle/docs/README.md), exact and memory-lean.
+"""Dense local contrastive loss (IDEAL pre-training, docs/METHOD.md §3; sources in bundle/docs/README.md), exact and memory-lean.
 
 For unit feature vectors q_i (query view) and k_n (key view) of a batch of B maps with S = H*W
 locations each, N = B*S, and the known correspondence j(i) of query location i in the key view:

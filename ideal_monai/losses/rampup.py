@@ -1,4 +1,4 @@
-"""Sigmoid-shaped ramp-up of the consistency weight (METHOD §4; sources in bundle/docs/README.md).
+"""Sigmoid-shaped ramp-up of the consistency weight (docs/METHOD.md §4; sources in bundle/docs/README.md).
 
 Early in fine-tuning both streams' pseudo-labels are mostly wrong, so the consistency term is
 faded in: ``lambda(t) = lambda_max * exp(-5 (1 - min(t / T, 1))^2)`` (Laine & Aila, 2017).

@@ -1,4 +1,4 @@
-"""Networks of IDEAL (METHOD §2; sources in bundle/docs/README.md).
+"""Networks of IDEAL (docs/METHOD.md §2; sources in bundle/docs/README.md).
 
 - :class:`UNetEncoder`: the shared 5-level 2D U-Net encoder E, returning all skip features.
 - :class:`DenseProjectionHead` (G, 1x1 convs, per-location unit vectors) and

@@ -1,4 +1,4 @@
-"""U-Net decoders for the two fine-tuning streams (METHOD §2).
+"""U-Net decoders for the two fine-tuning streams (docs/METHOD.md §2).
 
 [paper: "two different decoder architectures", shared encoder]. Both are chains of MONAI's
 ``UpCat`` blocks (upsample, concatenate the skip, ``TwoConv``) followed by a 1x1 conv to logits;

@@ -32,7 +32,7 @@ from .perturbations import build_perturbation
 
 __all__ = ["DualDecoderUNet", "split_streams", "stream_disagreement", "DECODER_UPSAMPLE", "DECODER_WIDTH"]
 
-#: Upsampling mode of decoder ``s`` (1-based): D1 transposed conv, D2 bilinear [METHOD §2].
+#: Upsampling mode of decoder ``s`` (1-based): D1 transposed conv, D2 bilinear [docs/METHOD.md §2].
 DECODER_UPSAMPLE = {1: "deconv", 2: "nontrainable"}
 #: Width of decoder ``s`` relative to the encoder's. ``(1.0, 0.5)`` (a half-width D2) makes the CPU
 #: fine-tuning step 1.43x instead of 1.75x a supervised step, but validated lower on phantoms
@@ -49,7 +49,7 @@ def split_streams(t: torch.Tensor, num_streams: int) -> List[torch.Tensor]:
 
 
 def stream_disagreement(probs: torch.Tensor) -> torch.Tensor:
-    """Per-voxel disagreement of the streams, an uncertainty map [METHOD §2].
+    """Per-voxel disagreement of the streams, an uncertainty map [docs/METHOD.md §2].
 
     The total-variation distance ``0.5 * sum_c |p_s - p_t|`` between the class distributions of
     two streams, averaged over all stream pairs ``s < t``. It is 0 where the streams agree exactly
@@ -93,7 +93,7 @@ class DualDecoderUNet(nn.Module):
         num_streams: 2 for IDEAL, 1 for the plain U-Net baseline.
         perturbations: one entry per stream, each ``"noise"``, ``"dropout"``, ``"none"`` or a module
             (see :func:`~ideal_monai.networks.perturbations.build_perturbation`). ``None`` means
-            ``("noise", "dropout")`` for two streams [METHOD §2] and ``("none",)`` for one, so the
+            ``("noise", "dropout")`` for two streams [docs/METHOD.md §2] and ``("none",)`` for one, so the
             baseline is an unperturbed U-Net.
         eval_stream: see the attribute; 1-based, matching ``decoder1``/``decoder2``.
         act, norm, bias, dropout: passed to the encoder and both decoders.

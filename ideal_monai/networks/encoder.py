@@ -1,4 +1,4 @@
-"""The shared 2D U-Net encoder E (METHOD §2; sources in bundle/docs/README.md).
+"""The shared 2D U-Net encoder E (docs/METHOD.md §2; sources in bundle/docs/README.md).
 
 Built from MONAI's ``BasicUNet`` blocks: one ``TwoConv`` at full resolution, then one ``Down``
 (2x max-pool + ``TwoConv``) per further level. It returns every level's features so that both the
@@ -16,7 +16,7 @@ from monai.networks.nets.basic_unet import Down, TwoConv
 
 __all__ = ["UNetEncoder", "DEFAULT_FEATURES", "DEFAULT_ACT", "DEFAULT_NORM"]
 
-#: Channel widths of the five encoder levels, shallow to deep [METHOD §2].
+#: Channel widths of the five encoder levels, shallow to deep [docs/METHOD.md §2].
 DEFAULT_FEATURES = (16, 32, 64, 128, 256)
 #: MONAI ``BasicUNet``'s activation; in-place is safe because no block reads its input after the activation.
 DEFAULT_ACT = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True})

@@ -26,7 +26,7 @@ class DenseProjectionHead(nn.Module):
         spatial_dims: spatial dimensions of the feature map (2 for the method).
         in_channels: channels of the encoder level it projects (256 for the deepest default level).
         hidden_channels: width of the hidden 1x1 convs; ``None`` means ``in_channels``.
-        out_channels: embedding size (128 by default [METHOD §2]).
+        out_channels: embedding size (128 by default [docs/METHOD.md §2]).
         num_layers: number of 1x1 convs; 1 is a single linear projection.
 
     Shapes: ``(B, in_channels, *spatial) -> (B, out_channels, *spatial)``, unit norm along dim 1.

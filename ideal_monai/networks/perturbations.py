@@ -1,4 +1,4 @@
-"""Feature perturbations that make the two decoder streams see different inputs (METHOD §2).
+"""Feature perturbations that make the two decoder streams see different inputs (docs/METHOD.md §2).
 
 [paper: "two perturbed branches with the same input"]; the operators follow Ouali et al.,
 "Semi-Supervised Semantic Segmentation with Cross-Consistency Training" (CCT, CVPR 2020).
@@ -32,7 +32,7 @@ class FeatureNoise(nn.Module):
     Other dtypes and devices, and TorchScript (no ``Tensor.view(dtype)`` there), use ``uniform_``.
 
     Args:
-        uniform_range: ``r``; the default 0.3 is METHOD §2's +-0.3.
+        uniform_range: ``r``; the default 0.3 is docs/METHOD.md §2's +-0.3.
         per_sample: independent noise per batch element (default) or one draw shared by the batch.
 
     Shapes: ``(B, C, *spatial) -> (B, C, *spatial)``.

@@ -35,7 +35,7 @@ class PretrainNetwork(nn.Module):
             default encoder.
         dense_levels: encoder levels to project densely, as indices into the encoder's level list
             (``-1`` = deepest, 256 channels at stride 16; ``(-1, -2)`` adds the 128-channel stride-8
-            level [METHOD §2 option]). Each level gets its own head. Empty disables the dense head.
+            level [docs/METHOD.md §2 option]). Each level gets its own head. Empty disables the dense head.
         dense_head_kwargs: extra kwargs for every :class:`DenseProjectionHead` (``hidden_channels``,
             ``out_channels``, ``num_layers``); ``in_channels`` comes from the encoder.
         global_head: add a :class:`GlobalProjectionHead` on the deepest level (SimCLR baseline).

@@ -1,7 +1,7 @@
 """MONAI dictionary transforms specific to IDEAL.
 
 - :mod:`.paired_views`: two augmented views of a slice plus their dense feature-map correspondence,
-  for the dense local contrastive pre-training (METHOD §3; sources in bundle/docs/README.md).
+  for the dense local contrastive pre-training (docs/METHOD.md §3; sources in bundle/docs/README.md).
 - :mod:`.copy_paste`: bidirectional copy-paste mixing of a labeled and an unlabeled batch (fine-tuning).
 - :mod:`.heart_components`: inference post-processing, the heart's largest component then each structure's.
 """

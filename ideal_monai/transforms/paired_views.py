@@ -1,4 +1,4 @@
-"""Two augmented views of one slice plus their dense feature-map correspondence (METHOD §3; sources in bundle/docs/README.md).
+"""Two augmented views of one slice plus their dense feature-map correspondence (docs/METHOD.md §3; sources in bundle/docs/README.md).
 
 The dense contrastive loss needs, for every location ``i`` of the query feature map, the key location
 ``j(i)`` that saw the same anatomy. Instead of guessing it from features we *track the geometry*: each
