@@ -2,9 +2,9 @@
 
 Each arm trains with the same budget in its own bundle root under --output_dir, is evaluated on the
 split's validation patients (and --test_dir), and the table lands in <output_dir>/results.md + .json.
-See ideal_monai/benchmarks/acdc.py for what each stage runs, and docs/BENCHMARKS.md for results.
+See benchmarks/acdc.py for what each stage runs, and docs/RESULTS.md for results.
 
-    python scripts/benchmark_acdc.py --output_dir benchmark_acdc            # CPU profile (duration: docs/BENCHMARKS.md)
+    python scripts/benchmark_acdc.py --output_dir benchmark_acdc            # CPU profile (duration: docs/history/BENCHMARKS.md)
     python scripts/benchmark_acdc.py --output_dir benchmark_acdc --skip_existing   # resume after an interruption
     python scripts/benchmark_acdc.py --profile gpu --output_dir benchmark_acdc_gpu
     python scripts/benchmark_acdc.py --arms supervised ideal --labeled 3 --minutes_per_arm 5 \\
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.acdc import (  # noqa: E402
+from benchmarks.acdc import (  # noqa: E402
     ARMS,
     PROFILES,
     AcdcBenchmarkConfig,

@@ -1,7 +1,7 @@
 """Convergence curves on ACDC: validation DSC every --eval_every iterations, out to --iterations, per arm.
 
 Resumable: rerun the same command after an interruption and it continues (training from the last epoch
-checkpoint, evaluation from the last evaluated snapshot). See ideal_monai/benchmarks/convergence.py.
+checkpoint, evaluation from the last evaluated snapshot). See benchmarks/convergence.py.
 
     python scripts/benchmark_convergence.py --output_dir conv --labeled 3 7 --iterations 6000
     python scripts/benchmark_convergence.py --output_dir conv --arms ideal --pretrain_iterations 1500 6000
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.acdc import ARMS, PROFILES, apply_sets, default_data_dir, parse_sets  # noqa: E402
-from ideal_monai.benchmarks.convergence import KINDS, ConvergenceConfig, rescore, run_convergence  # noqa: E402
+from benchmarks.acdc import ARMS, PROFILES, apply_sets, default_data_dir, parse_sets  # noqa: E402
+from benchmarks.convergence import KINDS, ConvergenceConfig, rescore, run_convergence  # noqa: E402
 from ideal_monai.errors import IdealInputError  # noqa: E402
 
 
@@ -52,10 +52,10 @@ def main(argv=None) -> int:
                    help="with --rescore: which snapshots (default both)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's). Two processes of one thread each may share "
-                        "--output_dir on different --arms (docs/BENCHMARKS.md, section Convergence curves)")
+                        "--output_dir on different --arms (docs/history/BENCHMARKS.md, section Convergence curves)")
     args = p.parse_args(argv)
     if args.report_only:
-        from ideal_monai.benchmarks.convergence import write_results
+        from benchmarks.convergence import write_results
 
         if not args.output_dir.is_dir():
             p.error(f"{args.output_dir}: no such study folder")

@@ -1,7 +1,7 @@
 """Peak RSS of folder inference at 10 and at 100 volumes: memory must stay flat over a long run.
 
 Each folder size runs in a fresh process through the bundle's inference components; see
-``ideal_monai/benchmarks/memory.py`` for what is measured, and docs/BENCHMARKS.md for results.
+``benchmarks/memory.py`` for what is measured, and docs/RESULTS.md for results.
 
     python scripts/benchmark_inference_memory.py                         # the documented settings
     python scripts/benchmark_inference_memory.py --shape 64 64 8 --patch 32 --features 4 8 8 8 8   # tiny
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if min(a.counts) < 1 or min(a.shape) < 1 or a.patch < 16 or a.threads < 1:
         p.error("counts, shape and threads must be positive; patch at least 16")
 
-    from ideal_monai.benchmarks.memory import MemoryConfig, run_memory_benchmark
+    from benchmarks.memory import MemoryConfig, run_memory_benchmark
 
     cfg = MemoryConfig(counts=tuple(sorted(set(a.counts))), shape=tuple(a.shape), patch_size=a.patch,
                        features=tuple(a.features), sw_batch_size=a.sw_batch_size, threads=a.threads, seed=a.seed,

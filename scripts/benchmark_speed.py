@@ -1,9 +1,9 @@
 """Step and inference speed of IDEAL vs the plain supervised U-Net of the same encoder, on CPU.
 
 All arms run in one process, interleaved, after warm-up; medians of the repetitions. See
-``ideal_monai/benchmarks/speed.py`` for what exactly each arm runs, and docs/BENCHMARKS.md for results.
+``benchmarks/speed.py`` for what exactly each arm runs, and docs/RESULTS.md for results.
 
-    python scripts/benchmark_speed.py                                   # the documented run (docs/BENCHMARKS.md)
+    python scripts/benchmark_speed.py                                   # the documented run (docs/history/BENCHMARKS.md)
     python scripts/benchmark_speed.py --patch 128 --reps 5 --output speed.md
     python scripts/benchmark_speed.py --omp_wait_policy PASSIVE           # no OpenMP spin-waiting (shared CPUs)
     python scripts/benchmark_speed.py --benchmarks inference --data_dir /path/to/acdc --weights models/model.pt
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.omp_wait_policy:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
-    from ideal_monai.benchmarks.speed import SpeedConfig, run_speed_benchmarks
+    from benchmarks.speed import SpeedConfig, run_speed_benchmarks
     if not 0.0 < args.valid_fraction <= 1.0:
         p.error("--valid_fraction must be in (0, 1]")
     if min(args.reps, args.batch_size, args.batch_labeled, args.batch_unlabeled, args.num_volumes, args.threads) < 1:

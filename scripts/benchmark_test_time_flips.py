@@ -4,7 +4,7 @@
         --iteration 6000 --kinds ema --output conv/test_time_flips.md
 
 Each evaluation is kept in <run>/flips/ and reused: rerun the command to resume or to rebuild the table.
-See ideal_monai/benchmarks/test_time_flips.py.
+See benchmarks/test_time_flips.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.test_time_flips import evaluate_test_time_flips, format_test_time_flips  # noqa: E402
+from benchmarks.test_time_flips import evaluate_test_time_flips, format_test_time_flips  # noqa: E402
 from ideal_monai.errors import IdealInputError  # noqa: E402
 from ideal_monai.utils.atomic import atomic_write_text  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Geometry of the ACDC development data, as the preprocessing sees it: the numbers behind the profiles'
-``target_spacing`` and behind the rotation augmentation (docs/BENCHMARKS.md, "Real geometry").
+``target_spacing`` and behind the rotation augmentation (docs/history/BENCHMARKS.md, "Real geometry").
 
 For every labeled volume (80 patients x ED/ES) it reads the file with the package's reader (pixdim spacing),
 puts it in the canonical in-plane frame (``SliceAxisOrientationd``) and reports:

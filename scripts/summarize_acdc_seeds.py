@@ -6,7 +6,7 @@
 
 Prints the markdown (mean DSC per seed, mean and sd over seeds, per-volume comparison with the
 supervised-only arm and its Wilcoxon p-value) and writes it to --output when given.
-See ideal_monai/benchmarks/acdc_seeds.py.
+See benchmarks/acdc_seeds.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.acdc_seeds import combine_seeds, format_seed_summary  # noqa: E402
+from benchmarks.acdc_seeds import combine_seeds, format_seed_summary  # noqa: E402
 from ideal_monai.errors import IdealInputError  # noqa: E402
 from ideal_monai.utils.atomic import atomic_write_text  # noqa: E402
 

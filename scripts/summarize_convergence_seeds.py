@@ -8,7 +8,7 @@ Prints the markdown (per labeled count and run: the last snapshot and the platea
 last --plateau_points snapshots, per seed with mean and sd; the peak; the margin over supervised-only
 of the same seed) and writes it to --output, the mean curves with their seed range to --figure.
 Works mid-study: seeds that have not reached a run's last iteration are listed, not averaged.
-See ideal_monai/benchmarks/convergence_seeds.py.
+See benchmarks/convergence_seeds.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from ideal_monai.benchmarks.convergence_seeds import combine_studies, format_study_seeds, plot_study_seeds  # noqa: E402
+from benchmarks.convergence_seeds import combine_studies, format_study_seeds, plot_study_seeds  # noqa: E402
 from ideal_monai.errors import IdealInputError  # noqa: E402
 from ideal_monai.utils.atomic import atomic_write_text  # noqa: E402
 

@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "networks", "losses", "transforms"),  # building blocks, independent of each other
     ("engines", "handlers", "evaluation", "inference", "distributed"),  # training, validation, scoring
     ("bundle_runner",),  # runs the bundle's configs
-    ("function", "label", "demo", "benchmarks", "bundle_export"),  # applications that run the bundle
+    ("function", "label", "demo", "bundle_export"),  # applications that run the bundle
     ("cli",),  # the ``ideal-monai`` command
     ("",),  # the package root ``ideal_monai/__init__.py``: imports the library subpackages eagerly
 )

@@ -52,7 +52,7 @@ def wheel(tmp_path_factory) -> Path:
         outputs = {"models", "runs", "data", "predictions", "eval"} if Path(folder) == REPO / "bundle" else set()
         return {n for n in names if n == "__pycache__" or n.endswith(".pyc") or n in outputs}
 
-    for name in BUILD_INPUTS:
+    for name in (*BUILD_INPUTS, "benchmarks"):  # benchmarks/ sits in every checkout and must stay out
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=ignore)
         else:
@@ -100,6 +100,9 @@ def test_wheel_ships_the_bundle_without_run_outputs(wheel):
     expected = {e for e in expected if "__pycache__" not in e}
     assert shipped == expected
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+    # the product only: the studies and benchmarks stay in the checkout
+    assert not [n for n in names if "benchmarks" in n.split("/")[:2]]
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"ideal_monai"}
 
 
 def test_installed_wheel_runs_away_from_the_checkout(venv, tmp_path):
@@ -147,3 +150,12 @@ def test_installed_wheel_runs_away_from_the_checkout(venv, tmp_path):
     for name in preds:
         a, b = (np.asarray(nib.load(work / d / name).dataobj) for d in ("pred_bundle", "pred_cli"))
         assert np.array_equal(a, b)
+
+    # The demo from the wheel alone (no checkout on the path), a few iterations of each stage (two
+    # fine-tuning epochs: the demo validates every second one, which writes model.pt): its
+    # report and curves come out, and it needs nothing the wheel leaves out (the benchmarks).
+    _run([cli, "demo", "--output_dir", "demo", "--num_cases", "6", "--num_test_cases", "2", "--num_val", "1",
+          "--pretrain_epochs", "1", "--pretrain_iterations", "2", "--finetune_epochs", "2",
+          "--finetune_iterations", "2", "--batch_size", "4"], work, env)
+    assert (work / "demo" / "report" / "report.md").is_file()
+    assert list((work / "demo" / "predictions").glob("*.nii.gz"))

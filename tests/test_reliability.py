@@ -889,7 +889,7 @@ def test_package_loads_checkpoints_with_weights_only_and_evaluates_no_strings():
 
 
 def test_memory_benchmark_measures_rss_per_case(tmp_path, monkeypatch):
-    from ideal_monai.benchmarks.memory import MemoryConfig, _growth_per_100, format_report, measure_folder, write_volumes
+    from benchmarks.memory import MemoryConfig, _growth_per_100, format_report, measure_folder, write_volumes
 
     paths = write_volumes(tmp_path / "volumes", 3, shape=(48, 48, 4))
     assert len({nib.load(str(p)).shape for p in paths}) > 1  # shapes vary per case

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ideal_monai.benchmarks import acdc, convergence
+from benchmarks import acdc, convergence
 
 TINY = acdc.Profile(
     name="tiny",

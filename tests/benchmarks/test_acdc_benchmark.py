@@ -14,9 +14,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from ideal_monai.benchmarks import acdc
+from benchmarks import acdc
 from ideal_monai.errors import IdealInputError
-from ideal_monai.handlers.time_budget import TimeBudget
+from benchmarks.time_budget import TimeBudget
 
 TINY = acdc.Profile(
     name="tiny",
@@ -43,9 +43,8 @@ def benchmark(synthetic_dataset, tmp_path_factory):
                                    profile=TINY, labeled=(1, 2), test_dir=synthetic_dataset / "patient006")
     first = acdc.run_acdc_benchmark(cfg, command="pytest")
     mtimes = {p: p.stat().st_mtime_ns for p in cfg.output_dir.rglob("*.pt")}
-    t = time.perf_counter()
     second = acdc.run_acdc_benchmark(acdc.AcdcBenchmarkConfig(**{**vars(cfg), "skip_existing": True}), command="pytest")
-    return {"cfg": cfg, "first": first, "second": second, "mtimes": mtimes, "rerun_s": time.perf_counter() - t}
+    return {"cfg": cfg, "first": first, "second": second, "mtimes": mtimes}
 
 
 def test_every_arm_and_labeled_count_has_a_row_with_metrics(benchmark):

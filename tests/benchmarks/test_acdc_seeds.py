@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ideal_monai.benchmarks.acdc_seeds import combine_seeds, format_seed_summary, per_volume_dsc
+from benchmarks.acdc_seeds import combine_seeds, format_seed_summary, per_volume_dsc
 from ideal_monai.errors import IdealInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from ideal_monai.benchmarks import convergence
+from benchmarks import convergence
 from ideal_monai.errors import IdealInputError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ideal_monai.benchmarks.convergence_seeds import combine_studies, format_study_seeds, plot_study_seeds
+from benchmarks.convergence_seeds import combine_studies, format_study_seeds, plot_study_seeds
 from ideal_monai.errors import IdealInputError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from ideal_monai.benchmarks import dense_loss
+from benchmarks import dense_loss
 
 
 def test_chunked_and_reference_measure_the_same_loss():

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ideal_monai.benchmarks.label_server import concurrent_inference
+from benchmarks.label_server import concurrent_inference
 
 
 class _Server(BaseHTTPRequestHandler):

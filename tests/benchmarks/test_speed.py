@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from ideal_monai.benchmarks import speed
-from ideal_monai.benchmarks.bundle_config import CPU, bundle_config
+from benchmarks import speed
+from benchmarks.bundle_config import CPU, bundle_config
 from ideal_monai.bundle_runner import bundle_dir
 
 SMALL = [4, 8, 8, 8, 8]
@@ -65,7 +65,7 @@ def test_pretraining_trainer_runs_one_step_on_an_in_memory_batch():
         suffix = "" if s == max(parser.get_parsed_content("pretraining#dense_strides")) else f"_s{s}"
         for key in ("qk", "kq"):
             batch[f"match_{key}{suffix}"] = speed._random_matches(2, 32 // s, 32 // s, 0.8, gen)
-    out = trainer._iteration(trainer, batch)
+    out = trainer.step(batch)
     assert torch.isfinite(out["loss"]) and isinstance(trainer.optimizer, torch.optim.AdamW)
 
 

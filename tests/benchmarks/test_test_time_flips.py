@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ideal_monai.benchmarks import convergence, test_time_flips
+from benchmarks import convergence, test_time_flips
 from ideal_monai.errors import IdealInputError
 
 

@@ -1,9 +1,9 @@
 """Time and peak memory of :class:`~ideal_monai.losses.DenseLocalContrastiveLoss` (chunked) against a
 full-matrix reference, forward + backward.
 
-Each (size, method) runs in a fresh subprocess (``python -m ideal_monai.benchmarks.dense_loss
+Each (size, method) runs in a fresh subprocess (``python -m benchmarks.dense_loss
 --worker``) so that its peak RSS belongs to that configuration alone; the configurations are
-interleaved over rounds. Method and results: docs/BENCHMARKS.md, section "Dense contrastive loss".
+interleaved over rounds. Method and results: docs/history/BENCHMARKS.md, section "Dense contrastive loss".
 Entry point: ``scripts/benchmark_dense_loss.py``.
 """
 
@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .runner import subprocess_env
 
 __all__ = ["MAP_SIDE", "reference_loss", "reference_bytes", "measure_once", "run_dense_loss_benchmark",
            "format_table", "main"]
@@ -53,8 +55,8 @@ def measure_once(n: int, method: str, channels: int = 128, device: str = "cpu", 
     so call it in a fresh process."""
     import torch
 
-    from ..losses import DenseLocalContrastiveLoss
-    from ..utils.allocator import peak_rss
+    from ideal_monai.losses import DenseLocalContrastiveLoss
+    from ideal_monai.utils.allocator import peak_rss
 
     torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -128,14 +130,13 @@ def run_dense_loss_benchmark(sizes: Sequence[int] = (4096, 16384, 65536), method
     skipped = {(n, m): reference_bytes(n) / 2**30 for n, m in configs
                if m == "reference" and reference_bytes(n) > max_reference_gb * 2**30}
     # the workers import this package as the caller does, also from a checkout that is not installed
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = subprocess_env()
     load_before = os.getloadavg()
     for _ in range(rounds):
         for n, method in configs:
             if (n, method) in skipped or (runs[n, method] and runs[n, method][-1]["wall_s"] > time_budget):
                 continue
-            cmd = [sys.executable, "-m", "ideal_monai.benchmarks.dense_loss", "--worker", "--method", method,
+            cmd = [sys.executable, "-m", "benchmarks.dense_loss", "--worker", "--method", method,
                    "--n", str(n), "--channels", str(channels), "--device", device, "--threads", str(threads)]
             if chunk_size is not None:
                 cmd += ["--chunk-size", str(chunk_size)]

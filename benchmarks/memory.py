@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runner import subprocess_env
+
 __all__ = ["MemoryConfig", "write_volumes", "measure_folder", "run_memory_benchmark", "format_report"]
 
 
@@ -84,7 +86,7 @@ def write_volumes(folder: str | os.PathLike, n: int, shape: Sequence[int] = (192
 def _write_model(bundle_root: Path, features: Sequence[int], seed: int) -> Path:
     import torch
 
-    from ..networks import DualDecoderUNet
+    from ideal_monai.networks import DualDecoderUNet
 
     torch.manual_seed(seed)
     path = bundle_root / "models" / "model.pt"
@@ -102,7 +104,7 @@ def measure_folder(images: str | os.PathLike, bundle_root: str | os.PathLike, ou
     """
     from ignite.engine import Events
 
-    from ..utils.allocator import current_rss, peak_rss
+    from ideal_monai.utils.allocator import current_rss, peak_rss
     from .bundle_config import CPU, bundle_config
 
     parser = bundle_config("inference", {
@@ -154,13 +156,12 @@ def run_memory_benchmark(cfg: MemoryConfig) -> dict:
                 os.symlink(p, folder / p.name)
             out = work / f"out_{n}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [sys.executable, "-m", "ideal_monai.benchmarks.memory", "--worker", "--images", str(folder),
+            cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", "--images", str(folder),
                    "--bundle_root", str(bundle_root), "--output_dir", str(out), "--patch_size", str(cfg.patch_size),
                    "--features", *map(str, cfg.features), "--sw_batch_size", str(cfg.sw_batch_size)]
             if cfg.save_uncertainty:
                 cmd.append("--save_uncertainty")
-            env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads),
-                   **cfg.extra_env}
+            env = subprocess_env(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads), **cfg.extra_env)
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"memory worker for {n} volumes failed:\n{proc.stderr[-3000:]}")

@@ -1,10 +1,10 @@
 """Latency of concurrent inference requests against a running MONAI Label server.
 
-    python -m ideal_monai.benchmarks.label_server --url http://127.0.0.1:8000 --model ideal --requests 20
+    python -m benchmarks.label_server --url http://127.0.0.1:8000 --model ideal --requests 20
 
 Sends ``--requests`` inference requests at once (one thread each, images taken round-robin from
 the datastore) and prints wall time, median / max latency and the number of failures as JSON.
-Setup and results: docs/BENCHMARKS.md, section "MONAI Label: 20 concurrent inference requests".
+Setup and results: docs/history/BENCHMARKS.md, section "MONAI Label: 20 concurrent inference requests".
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Convergence curves on ACDC: validation DSC against iterations and CPU minutes, per arm and labeled count.
 
-Where :mod:`ideal_monai.benchmarks.acdc` gives every arm the same *wall-clock* budget, this gives every
+Where :mod:`benchmarks.acdc` gives every arm the same *wall-clock* budget, this gives every
 arm the same *iteration count*, long enough to see where each arm's curve ends (the plateau), and
 snapshots the weights every ``eval_every`` iterations. Everything is resumable at every level, so a
 study that takes many hours runs in pieces (rerun the same command; nothing finished is redone):
@@ -11,7 +11,7 @@ study that takes many hours runs in pieces (rerun the same command; nothing fini
    last epoch checkpoint) and handlers appended through an extra config file:
    :class:`~ideal_monai.handlers.ModelSaver` snapshots of the network (``models/model_iter<i>.pt``)
    and of its EMA (``models/model_ema_iter<i>.pt``), and a
-   :class:`~ideal_monai.handlers.training_clock.TrainingClock` (cumulative training seconds).
+   :class:`~benchmarks.training_clock.TrainingClock` (cumulative training seconds).
 3. **evaluate** each snapshot as soon as its chunk ends, on the validation patients (the bundle's
    ``inference``, single pass: ``test_time_flips`` off, and :func:`~ideal_monai.evaluation.evaluate_folders`),
    into ``<run>/curve/<kind>_<i>.json``.
@@ -21,7 +21,7 @@ Every curve point records the post-processing it was scored after (``post_proces
 inference code changes, :func:`rescore` re-evaluates the kept snapshots whose points were scored
 otherwise, so one curve never mixes two post-processings without saying so.
 
-Arms are those of :data:`~ideal_monai.benchmarks.acdc.ARMS`; the IDEAL arm is run once per
+Arms are those of :data:`~benchmarks.acdc.ARMS`; the IDEAL arm is run once per
 pre-training length (``ideal`` for the first, ``ideal_pre<N>`` for the others).
 """
 
@@ -35,9 +35,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..bundle_runner import run_bundle
-from ..errors import IdealInputError
-from ..utils.atomic import atomic_path
+from ideal_monai.bundle_runner import run_bundle
+from ideal_monai.errors import IdealInputError
+from ideal_monai.utils.atomic import atomic_path
 from .acdc import (ARMS, CPU_PROFILE, AcdcBenchmarkConfig, Profile, _finetune_overrides, _jsonable, _metrics_row,
                    _network_overrides, _read_json, _write_json, prepare_eval_sets)
 
@@ -161,7 +161,7 @@ def _trained_iterations(root: Path) -> int:
 
 
 def _clock_handler(root: Path) -> dict:
-    return {"_target_": "ideal_monai.handlers.training_clock.TrainingClock", "log_path": str(root / "training_clock.json")}
+    return {"_target_": "benchmarks.training_clock.TrainingClock", "log_path": str(root / "training_clock.json")}
 
 
 def pretrain(cfg: ConvergenceConfig, iterations: int, log) -> Path:
@@ -225,7 +225,7 @@ def score_weights(root: Path, weights: Path, eval_dir: Path, inference: dict, na
     """Segment ``eval_dir`` with ``weights`` (the bundle's ``inference`` with the ``inference`` values) and
     score it: ``(metrics row, seconds of the inference run)``. Predictions go to ``root/<name>_predictions``
     and are deleted afterwards; the report stays in ``root/<name>_report``."""
-    from ..evaluation import evaluate_folders
+    from ideal_monai.evaluation import evaluate_folders
 
     pred_dir = root / f"{name}_predictions"
     shutil.rmtree(pred_dir, ignore_errors=True)
@@ -315,7 +315,7 @@ def run_convergence(cfg: ConvergenceConfig, command: str | None = None) -> dict:
     """Train, snapshot and evaluate every run of ``cfg``; write ``results.json``/``.md`` and the figure.
 
     Several processes may share ``output_dir`` (e.g. one per arm, each with one thread; what that gains:
-    docs/BENCHMARKS.md, section "Convergence curves") as long as they train different runs: the results
+    docs/history/BENCHMARKS.md, section "Convergence curves") as long as they train different runs: the results
     files are rebuilt from every run folder on disk each time.
     """
     t0 = time.perf_counter()
@@ -359,7 +359,7 @@ def collect_results(output_dir: Path, command: str | None = None) -> dict:
 
 def write_results(output_dir: Path, command: str | None = None) -> dict:
     """``results.json``, ``results.md`` and ``convergence.png`` from every run folder under ``output_dir``."""
-    from ..utils.atomic import atomic_write_text
+    from ideal_monai.utils.atomic import atomic_write_text
 
     results = collect_results(output_dir, command)
     _write_json(output_dir / "results.json", results)
@@ -424,7 +424,7 @@ def plot_convergence(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.atomic import atomic_path
+    from ideal_monai.utils.atomic import atomic_path
 
     counts = sorted({r["labeled"] for r in results["runs"]}) or [0]
     fig, axes = plt.subplots(2, len(counts), figsize=(6 * len(counts), 8), squeeze=False)

@@ -3,7 +3,7 @@
 One convergence run per arm is one training run: its plateau moves by a few hundredths from seed to
 seed, as much as the margins the study is about. This reads the output folders of several
 ``scripts/benchmark_convergence.py --set seed=S --set pretrain.seed=S`` studies (each one's
-``*/run.json`` and ``*/curve/*.json``, via :func:`~ideal_monai.benchmarks.convergence.collect_results`)
+``*/run.json`` and ``*/curve/*.json``, via :func:`~benchmarks.convergence.collect_results`)
 and reports, per labeled count and run (arm and pre-training length), for one kind of weights
 (``ema`` by default, or ``final``):
 
@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import IdealInputError
+from ideal_monai.errors import IdealInputError
 from .acdc import ARMS
 from .convergence import KINDS, _fmt, _label, collect_results, describe_post_processing, scored_with
 
@@ -222,7 +222,7 @@ def plot_study_seeds(summary: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.atomic import atomic_path
+    from ideal_monai.utils.atomic import atomic_path
 
     counts = sorted({r["labeled"] for r in summary["rows"]}) or [0]
     fig, axes = plt.subplots(1, len(counts), figsize=(6 * len(counts), 4.5), squeeze=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
-from ..utils.atomic import atomic_write_text
+from ideal_monai.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the test-time flip ensemble (``test_time_flips``) changes on ACDC, for already trained runs.
 
-Takes run folders of :mod:`~ideal_monai.benchmarks.convergence` (``<study>/<arm>_labeled<n>/``, each with
+Takes run folders of :mod:`~benchmarks.convergence` (``<study>/<arm>_labeled<n>/``, each with
 ``train_settings.json`` and snapshots ``models/model[_ema]_iter<i>.pt``) and segments the study's
 validation volumes (``<study>/eval_sets/val``) with one snapshot twice, without and with the flips,
 through the bundle's ``inference``; :func:`~ideal_monai.evaluation.evaluate_folders` scores both.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import IdealInputError
+from ideal_monai.errors import IdealInputError
 from .acdc import CPU_PROFILE, _network_overrides, _read_json, _write_json
 from .convergence import KINDS, _fmt, score_weights
 

@@ -1,6 +1,6 @@
 """A wall-clock budget for a training run, and a log of what the run did within it.
 
-Used by the ACDC quality benchmark (:mod:`ideal_monai.benchmarks.acdc`) to give every arm the same
+Used by the ACDC quality benchmark (:mod:`benchmarks.acdc`) to give every arm the same
 time on a CPU. The budget is a *hard stop*: the schedules (poly learning rate, consistency
 ramp-up) follow the configured ``max_epochs * iterations_per_epoch``, so a benchmark first plans
 that count from a measured step time and this handler only ends a run that would overrun it.
@@ -8,7 +8,7 @@ that count from a measured step time and this handler only ends a run that would
 It needs no change to the bundle configs: append it to a trainer's handler list with an extra
 config file merged after the main one (MONAI's ``+`` merge key)::
 
-    {"+train#handlers": [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget",
+    {"+train#handlers": [{"_target_": "benchmarks.time_budget.TimeBudget",
                           "seconds": 600, "log_path": "runs/arm/train_log.json"}]}
 
     python -m monai.bundle run finetune --config_file "['configs/train.json','time_budget.json']" ...
@@ -16,7 +16,7 @@ config file merged after the main one (MONAI's ``+`` merge key)::
 (``+pretraining#handlers`` for ``pretrain.json``.)
 
 A plan made from a short calibration run can be 10-26 % off, because the step time of these CPUs
-varies from process to process (docs/BENCHMARKS.md, "Result on the current recipe, 45 degrees"). With
+varies from process to process (docs/history/BENCHMARKS.md, "Result on the current recipe, 45 degrees"). With
 ``replan_after_epochs`` the handler re-plans from the run's own steps: after that many epochs it sets
 ``max_epochs`` so that the rest of the run fills ``fill`` of the budget at the measured step time, and
 moves the schedules that depend on the total with it (the learning-rate schedule, given as
@@ -24,7 +24,7 @@ moves the schedules that depend on the total with it (the learning-rate schedule
 where the re-planned run ends, as if it had been planned that way from the start. With
 ``replan_until`` it keeps correcting the plan at each epoch end until it is that far through it::
 
-    {"+train#handlers": [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": 600,
+    {"+train#handlers": [{"_target_": "benchmarks.time_budget.TimeBudget", "seconds": 600,
                           "replan_after_epochs": 1, "replan_until": 0.5, "lr_scheduler": "@train#lr_scheduler",
                           "ramps": ["@train#consistency_weight"]}]}
 """
@@ -44,7 +44,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import TimeLimit
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, PolynomialLR
 
-from ..utils.atomic import atomic_write_text
+from ideal_monai.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ class TimeBudget(TimeLimit):
             fraction of its planned iterations, from the mean time per iteration since the first
             re-plan (epoch ends and their handlers included), which converges as the run goes on;
             ``0`` re-plans once. One epoch's steps are a noisy sample on a shared CPU (a plan from
-            them filled 81-100 % of the budget in docs/BENCHMARKS.md, session 14); re-planning stops
+            them alone missed the budget by up to a fifth: docs/history/BENCHMARKS.md, "ACDC quality
+            benchmark"); re-planning stops
             at this fraction because a change of length late in a run moves the learning rate most.
             Later re-plans that changed the plan are logged as ``replanned_again`` (a list).
         fill: fraction of the budget a re-planned run should fill (the rest absorbs epoch ends).

@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import TimeLimit
 from torch.optim.lr_scheduler import CosineAnnealingLR, PolynomialLR, StepLR
 
-from ideal_monai.handlers.time_budget import TimeBudget
+from benchmarks.time_budget import TimeBudget
 
 
 def test_budget_counts_from_started_not_from_construction(tmp_path):

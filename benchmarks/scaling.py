@@ -1,12 +1,12 @@
 """Data-parallel scaling on CPU: 1 process vs ``torchrun --nproc_per_node=N`` (gloo), same global batch.
 
 Runs the real bundle (``pretrain.json`` / ``train.json``, plus ``multi_gpu_*.json`` for N > 1) on
-synthetic phantoms with a :class:`~ideal_monai.handlers.time_budget.TimeBudget` (no limit, it only
+synthetic phantoms with a :class:`~benchmarks.time_budget.TimeBudget` (no limit, it only
 logs step times) on every rank, and reports the median step time after ``warmup`` steps, the
 throughput (global slices per second) and the scaling efficiency ``T_1 / (N * T_N)``. Validation is
 off (``val_interval`` > ``max_epochs``) so only training steps are timed.
 
-    python -m ideal_monai.benchmarks.scaling --output_dir /tmp/scaling --nprocs 2 --threads 1
+    python -m benchmarks.scaling --output_dir /tmp/scaling --nprocs 2 --threads 1
 
 On CPU the processes share the machine's cores and memory bandwidth, so this measures the
 overhead of DDP (gradient all-reduce over gloo, sharded loading) more than a speed-up.
@@ -22,7 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..bundle_runner import bundle_dir, config_path
+from ideal_monai.bundle_runner import bundle_dir, config_path
+
+from .runner import subprocess_env
 
 
 def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, iterations: int, threads: int,
@@ -32,7 +34,7 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
     timer = root / f"timer_{run_id}.json"
     timer.write_text(json.dumps({
         "+imports": ["$import ignite.distributed as idist"],
-        handlers_key: [{"_target_": "ideal_monai.handlers.time_budget.TimeBudget", "max_step_times": 1000,
+        handlers_key: [{"_target_": "benchmarks.time_budget.TimeBudget", "max_step_times": 1000,
                         "log_path": "$os.path.join(@output_dir, 'timing_rank' + str(idist.get_rank()) + '.json')"}],
     }))
     configs_dir = bundle_dir() / "configs"
@@ -50,7 +52,7 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
            "--meta_file", str(configs_dir / "metadata.json"), "--logging_file", str(configs_dir / "logging.conf"),
            "--bundle_root", str(out), "--dataset_dir", str(data), "--patch_size", f"[{patch}, {patch}]",
            "--max_epochs", "1", "--iterations_per_epoch", str(iterations), "--resume", "False", *batch, *extra]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = subprocess_env(OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
@@ -58,7 +60,7 @@ def _run(run_id: str, nproc: int, root: Path, data: Path, global_batch: int, ite
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from ..data.synthetic import write_synthetic_dataset
+    from ideal_monai.data.synthetic import write_synthetic_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", required=True)

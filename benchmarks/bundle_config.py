@@ -15,7 +15,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from ..bundle_runner import config_path
+from ideal_monai.bundle_runner import config_path
 
 __all__ = ["CPU", "bundle_config", "config_keys"]
 

@@ -6,7 +6,7 @@ step at the configured precision against float32. The networks, optimizers, loss
 inference components come from the bundle's own configs (:func:`~.bundle_config.bundle_config`);
 a trainer's ``_iteration`` is called on an in-memory batch (no data loading, no handlers), so a
 step is exactly the engine's math. What each arm runs and how the arms are timed (interleaving, the
-paired ratio, per-arm peak RSS): docs/BENCHMARKS.md, sections "Step and inference speed" and
+paired ratio, per-arm peak RSS): docs/history/BENCHMARKS.md, sections "Step and inference speed" and
 "Precision". Entry point: ``scripts/benchmark_speed.py``.
 """
 
@@ -43,7 +43,7 @@ __all__ = [
     "time_per_call",
 ]
 
-from ..utils.allocator import (  # noqa: E402
+from ideal_monai.utils.allocator import (  # noqa: E402
     current_rss,
     malloc_trim,
     peak_rss,
@@ -51,19 +51,19 @@ from ..utils.allocator import (  # noqa: E402
     reset_peak_rss,
     retain_freed_memory,
 )
-from ..utils.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from ideal_monai.utils.precision import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from .acdc import default_data_dir  # noqa: E402  (one definition of the data location)
 from .bundle_config import CPU, bundle_config  # noqa: E402
 
 BENCHMARKS = ("pretrain", "finetune", "inference", "precision")
 
 #: Where the method (arms, interleaving, paired ratio, peak RSS) is described; the report links it.
-METHOD = "docs/BENCHMARKS.md, section \"Step and inference speed\""
+METHOD = "docs/history/BENCHMARKS.md, section \"Step and inference speed\""
 
 
 @dataclasses.dataclass
 class SpeedConfig:
-    """Settings of one benchmark run (the defaults are the run documented in docs/BENCHMARKS.md)."""
+    """Settings of one benchmark run (the defaults are the run documented in docs/history/BENCHMARKS.md)."""
 
     threads: int = 2
     benchmarks: Sequence[str] = BENCHMARKS
@@ -261,7 +261,7 @@ def training_breakdown(features: Sequence[int] | None = None, patch: int = 256, 
     Networks (NCHW), optimizers and losses are the ``finetune`` config's (``features``: its default
     when None). Returns a Markdown table with the per-component times and the ratio they predict.
     """
-    from ..networks import FeatureDropout, FeatureNoise
+    from ideal_monai.networks import FeatureDropout, FeatureNoise
 
     n = n_labeled + n_unlabeled
     gen = torch.Generator().manual_seed(0)
@@ -349,8 +349,8 @@ def _find_volumes(data_dir: Path, n: int) -> list[tuple[Path, Path | None]]:
     """The first case of each of the first ``n`` patients (ACDC: the ED frame) with its label, if any
     (:func:`~ideal_monai.data.discover_cases`; cine files are not cases here). Fewer (or none) where
     ``data_dir`` holds fewer."""
-    from ..data import discover_cases
-    from ..errors import IdealInputError
+    from ideal_monai.data import discover_cases
+    from ideal_monai.errors import IdealInputError
 
     try:
         cases = discover_cases(data_dir, include_cine=False)
@@ -367,7 +367,7 @@ def _prepare_data(cfg: SpeedConfig, workdir: Path, log) -> tuple[list[tuple[Path
     volumes = _find_volumes(data_dir, cfg.num_volumes)
     if len(volumes) >= cfg.num_volumes:
         return volumes, f"real ACDC volumes from {data_dir} (first {len(volumes)} patients, ED frame)"
-    from ..data.synthetic import write_synthetic_dataset
+    from ideal_monai.data.synthetic import write_synthetic_dataset
 
     synth = workdir / "phantoms"
     log(f"no ACDC data at {data_dir}: writing {cfg.num_volumes} synthetic phantoms to {synth}")
@@ -379,7 +379,7 @@ def _prepare_data(cfg: SpeedConfig, workdir: Path, log) -> tuple[list[tuple[Path
 def _load_slices(volumes, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All short-axis slices of ``volumes``, preprocessed as in training: ``(N, 1, P, P)`` float32 and
     ``(N, 1, P, P)`` uint8 labels (zeros where a volume has no label)."""
-    from ..data import volume_preprocessing
+    from ideal_monai.data import volume_preprocessing
 
     with_label = volume_preprocessing(keys=["image", "label"], patch_size=(patch, patch))
     image_only = volume_preprocessing(keys=["image"], patch_size=(patch, patch))
@@ -436,9 +436,12 @@ def _one_step(trainer_id: str, batch: dict, unlabeled: dict | None = None) -> di
     overrides = {f"{trainer_id}#max_epochs": 1, f"{trainer_id}#epoch_length": None,
                  f"{trainer_id}#train_data_loader": [batch], f"{trainer_id}#train_handlers": []}
     if trainer_id == "train#trainer":
-        # lambda's value (the config's ramp-up schedule needs the data loader) does not change the cost
+        # the weights' values (the config's ramp-up schedules need the data loader) do not change the cost;
+        # no teacher: the EMA handler (a copy of the network) is not part of a step
         overrides.update({f"{trainer_id}#unlabeled_data_loader": None if unlabeled is None else [unlabeled],
-                          f"{trainer_id}#consistency_weight": "$float(@lambda_max)"})
+                          f"{trainer_id}#consistency_weight": "$float(@lambda_max)",
+                          f"{trainer_id}#pseudo_label_weight": "$float(@pseudo_label_weight)",
+                          f"{trainer_id}#teacher": None})
     return overrides
 
 
@@ -451,7 +454,7 @@ def _supervised_trainer(slices, labels, num_streams=1, unlabeled=None, channels_
     parser = _finetune_config(num_streams, channels_last, precision, decoder_width, **extra,
                               **_one_step("train#trainer", batch, None if unlabeled is None else {"image": unlabeled}))
     trainer = parser.get_parsed_content("train#trainer")
-    return (lambda: trainer._iteration(trainer, batch)), trainer
+    return (lambda: trainer.step(batch)), trainer
 
 
 def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
@@ -474,7 +477,7 @@ def _pretrain_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
             batch[f"match_{key}{suffix}"] = m
             cells += m.numel()
             valid += int((m >= 0).sum())
-    pretrain_step = lambda: trainer._iteration(trainer, batch)  # noqa: E731
+    pretrain_step = lambda: trainer.step(batch)  # noqa: E731
     sup_step, sup = _supervised_trainer(_take(slices, b), _take(labels, b), channels_last=cfg.channels_last,
                                         precision=cfg.precision, features=parser["features"])
     log(f"[1/4] pre-training step (2x{b} images, {p}x{p}, {100 * valid / cells:.0f}% matches valid) "
@@ -546,8 +549,8 @@ def _precision_comparison(cfg, slices, labels, log) -> tuple[Comparison, dict]:
 
 
 def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison], dict]:
-    from ..inference import SegmentationEvaluator
-    from ..utils import load_model_weights
+    from ideal_monai.inference import SegmentationEvaluator
+    from ideal_monai.utils import load_model_weights
 
     overrides = {**CPU, "patch_size": [cfg.patch, cfg.patch], "precision": cfg.precision,
                  "channels_last": cfg.channels_last}

@@ -29,9 +29,9 @@ under ``output_dir`` (so checkpoints never mix). Stages, each printed with the e
 6. ``results.md`` + ``results.json`` in ``output_dir``: one row per arm x labeled count.
 
 How the arms get equal budgets (planned iterations plus a
-:class:`~ideal_monai.handlers.time_budget.TimeBudget` hard stop, appended to the trainer's handlers
+:class:`~benchmarks.time_budget.TimeBudget` hard stop, appended to the trainer's handlers
 through an extra config file), why the final weights are evaluated, and how to read the tables:
-docs/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)".
+docs/history/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)".
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..bundle_runner import config_path, run_bundle
-from ..errors import IdealInputError
-from ..handlers.time_budget import steady_step_seconds
+from ideal_monai.bundle_runner import config_path, run_bundle
+from ideal_monai.errors import IdealInputError
+from .runner import REPO_ROOT
+from .time_budget import steady_step_seconds
 
 __all__ = [
     "ARMS",
@@ -72,7 +73,6 @@ __all__ = [
     "run_acdc_benchmark",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Stage name -> bundle run id.
 STAGES = ("pretrain", "finetune", "inference")
@@ -97,14 +97,15 @@ CHECKPOINT_FILES = {"final": "model_final.pt", "ema": "model_ema.pt", "best": "m
 BUDGET_FILL = 0.95
 
 #: A budgeted run re-plans at every epoch end until it is this far through its plan (TimeBudget's
-#: ``replan_until``): one epoch's step times left 81-100 % of the budget used (session 14).
+#: ``replan_until``): one epoch's step times alone are too noisy a plan (docs/history/BENCHMARKS.md,
+#: "ACDC quality benchmark").
 REPLAN_UNTIL = 0.5
 
 #: Epoch length used when a budgeted stage has ``iterations_per_epoch`` unset.
 DEFAULT_EPOCH_LENGTH = 50
 
 #: Where ``results.md`` sends its reader for the method, how to read the table, and the yardstick.
-METHOD = 'docs/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)"'
+METHOD = 'docs/history/BENCHMARKS.md, section "ACDC quality benchmark (supervised vs consistency vs IDEAL)"'
 
 
 def default_data_dir() -> Path:
@@ -189,7 +190,7 @@ class Profile:
 #: 256 mm field, which keeps the whole heart of 159 of the 160 labeled ACDC volumes when centred:
 #: scripts/measure_acdc_geometry.py; inference inverts the resampling), 10 min of pre-training once, 10 min of training per arm.
 #: No validation during training (final weights evaluated). Why these settings (SGD lr 0.05, 4
-#: unlabeled slices and a half-width D2 for the two-stream arms): docs/BENCHMARKS.md, sections
+#: unlabeled slices and a half-width D2 for the two-stream arms): docs/history/BENCHMARKS.md, sections
 #: "Fine-tuning learning rate on phantoms" and "How the CPU profile got here (what was tried)".
 CPU_PROFILE = Profile(
     name="cpu",
@@ -341,7 +342,7 @@ def _jsonable(obj):
 
 
 def _write_json(path: Path, obj) -> None:
-    from ..utils.atomic import atomic_write_text
+    from ideal_monai.utils.atomic import atomic_write_text
 
     atomic_write_text(json.dumps(_jsonable(obj), indent=1) + "\n", path)
 
@@ -375,7 +376,7 @@ def plan_iterations(budget_s: float, step_s: float, epoch_length: int | None) ->
 _HANDLERS_KEY = {"pretrain": "pretraining#handlers", "finetune": "train#handlers"}
 
 #: Stage -> what a budgeted run re-plans after its first epoch besides ``max_epochs`` (the schedules
-#: whose length is the run's total; see :class:`~ideal_monai.handlers.time_budget.TimeBudget`).
+#: whose length is the run's total; see :class:`~benchmarks.time_budget.TimeBudget`).
 _REPLANNED = {"pretrain": {"lr_scheduler": "@pretraining#lr_scheduler"},
               "finetune": {"lr_scheduler": "@train#lr_scheduler", "ramps": ["@train#consistency_weight"]}}
 
@@ -388,7 +389,7 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     ``(log, ran)``.
     """
     # a budgeted run re-plans itself from its own first epoch: the calibration's step time is 10-26 %
-    # off from one process to the next on these CPUs (docs/BENCHMARKS.md, "Result on the current recipe")
+    # off from one process to the next on these CPUs (docs/history/BENCHMARKS.md, "Result on the current recipe")
     replan = {} if budget_s is None else {"replan_after_epochs": 1, "replan_until": REPLAN_UNTIL, "fill": BUDGET_FILL,
                                           **_REPLANNED[stage]}
     settings = _jsonable({"stage": stage, "overrides": overrides, "budget_s": budget_s, **replan})
@@ -399,7 +400,7 @@ def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip
     log_path.unlink(missing_ok=True)
     extra = root / "time_budget.json"
     extra.write_text(json.dumps({f"+{_HANDLERS_KEY[stage]}": [{
-        "_target_": "ideal_monai.handlers.time_budget.TimeBudget", "seconds": budget_s, "log_path": str(log_path),
+        "_target_": "benchmarks.time_budget.TimeBudget", "seconds": budget_s, "log_path": str(log_path),
         **replan}]},
         indent=1) + "\n")
     run_bundle(stage, extra_configs=[extra], bundle_root=str(root), resume=False, **overrides)
@@ -416,7 +417,7 @@ def calibrate(cfg: AcdcBenchmarkConfig, stage: str, name: str, overrides: dict, 
     Runs :attr:`Profile.calibration_iterations` iterations (one epoch, no validation) and takes the
     median step time of the second half. The first iterations are slower than the steady state (first
     batch, allocator, page faults): the mean after only the first one overestimated the step by 5-17 %
-    (docs/BENCHMARKS.md, "Result at 20 degrees"), so budgeted arms stopped 1-2 minutes early.
+    (docs/history/BENCHMARKS.md, "Result at 20 degrees"), so budgeted arms stopped 1-2 minutes early.
     Data loading and per-iteration handlers are included, as in the real run.
     """
     short = {**overrides, "max_epochs": 1, "iterations_per_epoch": cfg.profile.calibration_iterations}
@@ -503,7 +504,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def _link_cases(cases: Sequence[dict], folder: Path) -> Path:
     """Flat folder ``<case>.<ext>`` + ``<case>_gt.<ext>`` linking to the cases' image and label files."""
-    from ..data.io import strip_image_suffix
+    from ideal_monai.data.io import strip_image_suffix
 
     wanted = {}
     for case in cases:
@@ -523,7 +524,7 @@ def _link_cases(cases: Sequence[dict], folder: Path) -> Path:
 
 def prepare_eval_sets(cfg: AcdcBenchmarkConfig, clock=print) -> dict[str, Path]:
     """``{"val": folder[, "test": folder]}``: the split's validation volumes and the labeled ``test_dir`` cases."""
-    from ..data import discover_cases, split_dataset
+    from ideal_monai.data import discover_cases, split_dataset
 
     val = split_dataset(cfg.data_dir, splits_file=cfg.splits_file, labeled_key=f"labeled_{cfg.labeled[0]}",
                         include_cine=False)["val"]
@@ -574,7 +575,7 @@ def evaluate_run(cfg: AcdcBenchmarkConfig, run_dir: Path, network_overrides: dic
     Outputs: :func:`evaluation_dirs` (``run_dir/predictions`` + ``run_dir/report`` for ``val`` and the
     final weights).
     """
-    from ..evaluation import evaluate_folders
+    from ideal_monai.evaluation import evaluate_folders
 
     pred_dir, report_dir = evaluation_dirs(run_dir, set_name, cfg.profile.checkpoint)
     weights = CHECKPOINT_FILES[cfg.profile.checkpoint]
@@ -695,7 +696,7 @@ def run_acdc_benchmark(cfg: AcdcBenchmarkConfig, command: str | None = None) -> 
 
 
 def _write_results(cfg: AcdcBenchmarkConfig, results: dict) -> str:
-    from ..utils.atomic import atomic_write_text
+    from ideal_monai.utils.atomic import atomic_write_text
 
     markdown = format_results(_jsonable(results))
     atomic_write_text(markdown, cfg.output_dir / "results.md")

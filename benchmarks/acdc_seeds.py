@@ -26,14 +26,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import IdealInputError
+from ideal_monai.errors import IdealInputError
 from .acdc import ARMS, _num, evaluation_dirs
 
 #: The arm every other arm is compared with, volume by volume.
 REFERENCE_ARM = "supervised"
 
 #: Where the summary's columns and the reading of its test are explained; the summary links it.
-METHOD = 'docs/BENCHMARKS.md, section "Three seeds at 7 labeled, and the same number of steps"'
+METHOD = 'docs/history/BENCHMARKS.md, section "Three seeds at 7 labeled, and the same number of steps"'
 
 
 def load_invocation(folder: str | Path) -> dict:
