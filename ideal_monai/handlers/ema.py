@@ -50,17 +50,20 @@ class WeightEMA:
 
     ``averaged_network`` is a plain module of the same class (float32, on the network's device).
     With ``export_path`` its weights are written there (atomically, rank 0) when the run completes,
-    with the same keys as the trained network's ``model_final.pt``. With ``state_path`` the average
-    is saved at every epoch end and, with ``resume``, restored at start, so an interrupted run
-    continues its average. Attach it after :class:`~ideal_monai.handlers.TrainingCheckpoint`: the
-    restored average must belong to the iteration the trainer resumed at, which it checks.
+    with the same keys as the trained network's ``model_final.pt``. To resume the average with the
+    training, give the handler itself to :class:`~ideal_monai.handlers.TrainingCheckpoint`'s
+    ``save_dict`` (it has ``state_dict`` / ``load_state_dict``): weights, optimizer and average then
+    land in one atomic file, as the bundle's ``train.json`` does. Alternatively, with ``state_path``,
+    the average is saved in a file of its own at every epoch end and restored at start when it belongs
+    to the iteration the trainer resumed at (attach it after the ``TrainingCheckpoint``); a run killed
+    between the two saves then restarts the average from the current weights.
 
     Args:
         network: the trained (optionally DDP-wrapped) network.
         decay: the EMA decay per iteration (e.g. 0.999: a horizon of ~1,000 iterations); 0 keeps a
             copy of the current weights.
         export_path: where to write the averaged weights at the end (``models/model_ema.pt``).
-        state_path: the resumable state of the average (``models/ema_checkpoint.pt``).
+        state_path: optional file of its own for the resumable state of the average.
         resume: load ``state_path`` at start when it exists.
     """
 
