@@ -4,7 +4,7 @@ Stage 1 pre-trains a 2D U-Net encoder with a dense local contrastive loss; stage
 decoder streams that teach each other (bidirectional consistency); inference writes NIfTI labels.
 """
 
-from .errors import IdealInputError, install_excepthook
+from .errors import IdealInputError
 from .utils.classes import CLASS_NAMES, NUM_CLASSES
 
 __version__ = "0.1.0"
@@ -14,5 +14,3 @@ __all__ = ["IdealInputError", "CLASS_NAMES", "NUM_CLASSES", "__version__"]
 # Subpackages are imported eagerly so bundle configs can write ``$ideal_monai.data....`` after a
 # plain ``$import ideal_monai``.
 from . import data, engines, evaluation, function, handlers, inference, losses, networks, transforms, utils  # noqa: E402,F401
-
-install_excepthook()

@@ -22,7 +22,7 @@ DEMO_PROFILE = {
     "target_spacing": [3.0, 3.0],
 }
 #: Fine-tuning learning rate of the demo: SGD 0.05 converges in a few hundred CPU iterations, the
-#: 0.01 default does not (measured on phantoms, see docs/BENCHMARKS.md).
+#: 0.01 default does not (measured on phantoms, see docs/history/BENCHMARKS.md).
 DEMO_LEARNING_RATE = 0.05
 
 

@@ -98,9 +98,11 @@ def install_excepthook() -> None:
     Input errors are :class:`IdealInputError` (also wrapped by MONAI's config parser) and
     ``OSError`` s that name a file (permissions, a full disk, a missing folder).
 
-    Installed when ``ideal_monai`` is imported, so ``python -m monai.bundle run <id>`` with bad
-    input ends in one readable line and exit status 1 instead of a page of traceback. Other
-    exceptions, and everything when ``IDEAL_MONAI_DEBUG=1``, keep the previous hook.
+    The bundle's run configs call it first in ``initialize``, so ``python -m monai.bundle run <id>``
+    with bad input ends in one readable line and exit status 1 instead of a page of traceback;
+    importing ``ideal_monai`` leaves the interpreter's hook alone (a library must not change it),
+    and the ``ideal-monai`` command catches errors itself. Other exceptions, and everything when
+    ``IDEAL_MONAI_DEBUG=1``, keep the previous hook.
     """
     import sys
 

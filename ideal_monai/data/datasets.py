@@ -96,7 +96,7 @@ def slice_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bo
 
     With ``num_workers > 0`` the workers are persistent: the trainers cycle a small labeled set many
     times per epoch (7 ACDC patients are ~10 batches of 12), and re-forking every worker on each pass
-    made a GPU fine-tuning step 3.5x slower (0.108 s instead of 0.031 s on an H200, docs/BENCHMARKS.md).
+    made a GPU fine-tuning step several times slower (docs/history/BENCHMARKS.md, "GPU").
     """
     from monai.data import DataLoader
 

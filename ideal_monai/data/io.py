@@ -30,9 +30,9 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 
 #: Refuse volumes larger than this many voxels per 3D frame (e.g. 512 x 512 x 256), from the header,
 #: before anything is allocated. Inference needs about 40 bytes per voxel of the largest frame on
-#: top of the process (float copies and per-class probabilities on the input grid; measured +0.3 GB
-#: for 2048 x 2048 x 2), so this bounds that to about 3 GB (more with probability/uncertainty
-#: outputs). ``IDEAL_MONAI_MAX_VOXELS`` raises or lowers the limit.
+#: top of the process (float copies and per-class probabilities on the input grid), so this bounds
+#: that to about 3 GB (more with probability/uncertainty outputs). ``IDEAL_MONAI_MAX_VOXELS`` raises
+#: or lowers the limit.
 MAX_VOXELS_PER_FRAME = 64 * 1024 * 1024
 
 

@@ -122,6 +122,11 @@ class PretrainTrainer(Trainer):
             raise KeyError(f"batch has no {key!r}: configure RandPairedViewsd for feature stride {stride}")
         return batch[key].to(self.state.device, non_blocking=self.non_blocking)
 
+    def step(self, batchdata: dict) -> dict:
+        """One pre-training step on ``batchdata`` (``view_q``, ``view_k``, the ``match_*`` maps); returns the
+        output dict. Ignite calls it through ``_iteration``; a benchmark may call it directly to time steps."""
+        return self._iteration(self, batchdata)
+
     def _iteration(self, engine: PretrainTrainer, batchdata: dict) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")

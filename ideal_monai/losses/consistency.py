@@ -81,8 +81,8 @@ class BidirectionalConsistencyLoss(_Loss):
         """Hard label ``(B, *spatial)`` long and, with a threshold, the bool confidence mask."""
         if self.confidence_threshold is None:
             # max(dim).indices == argmax(dim) (both take the first maximum), but on NCHW CPU tensors
-            # it is ~10x faster than argmax, which reduces over the strided class dim (0.012 vs 0.117 s
-            # at (24, 4, 256, 256), 2 threads).
+            # it is much faster than argmax, which reduces over the strided class dim
+            # (docs/history/BENCHMARKS.md, "Step and inference speed").
             return logits.max(dim=1).indices, None
         confidence, label = torch.softmax(logits.float(), dim=1).max(dim=1)
         return label, confidence > self.confidence_threshold

@@ -13,9 +13,9 @@ D1 can produce checkerboard patterns and sharper edges, D2 is smooth; their erro
 what bidirectional consistency needs.
 
 ``width_factor`` scales the decoder's own widths (not the encoder skips it concatenates).
-``DualDecoderUNet(decoder_width=(1.0, 0.5))`` builds a half-width D2, which takes the CPU
-fine-tuning step from 1.75x to 1.43x a supervised step but validated lower on phantoms
-(docs/BENCHMARKS.md), so both decoders are full width by default.
+``DualDecoderUNet(decoder_width=(1.0, 0.5))`` builds a half-width D2, which makes the CPU
+fine-tuning step cheaper but validated lower on phantoms (docs/history/BENCHMARKS.md, "Step and
+inference speed"), so both decoders are full width by default.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _UpCat(UpCat):
     are multiples of 16, so it always is here). Under CPU bfloat16 autocast that copy is made in
     float32 (replication padding is on autocast's float32 list), which then promotes the
     concatenation and the next convolution's input to float32 and back: at 256x256 this cost 20 % of
-    a two-stream bf16 training step (docs/BENCHMARKS.md, "Precision"). Same parameters, same results.
+    a two-stream bf16 training step (docs/history/BENCHMARKS.md, "Precision"). Same parameters, same results.
     """
 
     def forward(self, x: torch.Tensor, x_e: Optional[torch.Tensor]):

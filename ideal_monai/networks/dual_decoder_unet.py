@@ -35,8 +35,8 @@ __all__ = ["DualDecoderUNet", "split_streams", "stream_disagreement", "DECODER_U
 #: Upsampling mode of decoder ``s`` (1-based): D1 transposed conv, D2 bilinear [docs/METHOD.md §2].
 DECODER_UPSAMPLE = {1: "deconv", 2: "nontrainable"}
 #: Width of decoder ``s`` relative to the encoder's. ``(1.0, 0.5)`` (a half-width D2) makes the CPU
-#: fine-tuning step 1.43x instead of 1.75x a supervised step, but validated lower on phantoms
-#: (docs/BENCHMARKS.md, "Step and inference speed"), so the default keeps both at full width.
+#: fine-tuning step clearly cheaper but validated lower on phantoms (docs/history/BENCHMARKS.md, "Step
+#: and inference speed"), so the default keeps both at full width.
 DECODER_WIDTH = {1: 1.0, 2: 1.0}
 
 

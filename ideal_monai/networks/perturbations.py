@@ -28,7 +28,7 @@ class FeatureNoise(nn.Module):
     spaced values in ``[-r, r]``, eight per 64-bit random word, instead of one ``uniform_`` draw per
     element: the factor ``1 + n`` is rounded to bfloat16's 8-bit significand anyway (steps of
     0.004-0.008 near 1, coarser than the grid's 2r/255 = 0.0024), and the CPU ``uniform_`` kernel
-    costs about 8 % of the CPU profile's bf16 training step (docs/BENCHMARKS.md, "Precision").
+    is a visible part of the CPU profile's bf16 training step (docs/history/BENCHMARKS.md, "Precision").
     Other dtypes and devices, and TorchScript (no ``Tensor.view(dtype)`` there), use ``uniform_``.
 
     Args:

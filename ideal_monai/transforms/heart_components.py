@@ -6,7 +6,7 @@ than the true structure (a small end-systolic LV), the true structure is deleted
 on ACDC validation patient 030 (ES) two of three IDEAL models at 7 labeled lost the LV that way
 (DSC 0, HD95 ~100 mm). Keeping first the largest component of all structures together (the heart:
 RV, MYO and LV touch) removes such far blobs, and the per-class step then cleans each structure
-inside the heart (docs/BENCHMARKS.md, "Post-processing").
+inside the heart (docs/history/BENCHMARKS.md, "Post-processing").
 
 A predicted heart is not always one connected piece: a thin RV free wall or septum predicted as
 background leaves the RV a few voxels apart from the myocardium (ACDC patient039 ES, one 3-labeled

@@ -5,7 +5,7 @@
   so a CPU training step whose activations are larger page-faults (and the kernel zeroes) them anew
   every step. With ``mmap`` disabled and trimming off, freed blocks stay on the heap and the next
   step reuses them; the price is that the process keeps its peak RSS, which a training process
-  reaches every step anyway. What it saves: docs/BENCHMARKS.md, section "Page faults: why training
+  reaches every step anyway. What it saves: docs/history/BENCHMARKS.md, section "Page faults: why training
   configs call retain_freed_memory".
 - :func:`malloc_trim`: hand freed heap memory back to the OS, so that a measurement starts from
   what is really live.

@@ -9,7 +9,7 @@
 ``auto``  ``fp16`` on CUDA; ``bf16`` on a CPU with native bfloat16 units (AVX512-BF16 or AMX),
           where oneDNN runs bfloat16 convolutions in hardware; ``fp32`` otherwise (emulated
           bfloat16 is slower than float32). The measured speed and quality of each choice are in
-          ``docs/BENCHMARKS.md`` ("Precision").
+          ``docs/history/BENCHMARKS.md`` ("Precision").
 """
 
 from __future__ import annotations

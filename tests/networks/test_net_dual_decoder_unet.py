@@ -1,7 +1,6 @@
 """DualDecoderUNet: output contract per mode, ensemble maths, perturbations, weights, TorchScript."""
 
 import io
-import math
 
 import pytest
 import torch
@@ -227,4 +226,3 @@ def test_bad_arguments():
         UNetDecoder(upsample="transpose")
     with pytest.raises(ValueError, match="skip features"):
         UNetDecoder(features=SMALL)([torch.zeros(1, 8, 4, 4)])
-    assert math.isclose(DualDecoderUNet(features=SMALL)._log_num_streams, math.log(2))
