@@ -378,7 +378,8 @@ _HANDLERS_KEY = {"pretrain": "pretraining#handlers", "finetune": "train#handlers
 #: Stage -> what a budgeted run re-plans after its first epoch besides ``max_epochs`` (the schedules
 #: whose length is the run's total; see :class:`~benchmarks.time_budget.TimeBudget`).
 _REPLANNED = {"pretrain": {"lr_scheduler": "@pretraining#lr_scheduler"},
-              "finetune": {"lr_scheduler": "@train#lr_scheduler", "ramps": ["@train#consistency_weight"]}}
+              "finetune": {"lr_scheduler": "@train#lr_scheduler",
+                           "ramps": ["@train#consistency_weight", "@train#pseudo_label_weight"]}}
 
 
 def _train(stage: str, root: Path, overrides: dict, budget_s: float | None, skip_existing: bool) -> tuple[dict, bool]:

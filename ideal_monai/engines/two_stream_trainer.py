@@ -45,7 +45,7 @@ class TwoStreamTrainer(Trainer):
 
     **Pseudo-label supervision** (``pseudo_supervision`` given, with unlabeled data): a teacher (the
     EMA of the weights, or the network itself) predicts the unlabeled slices without gradient, in
-    eval mode (both streams' ensemble); its argmax is the pseudo-label ``y_u``, kept where its
+    eval mode (its eval output: both streams' ensemble unless ``eval_stream`` picks one); its argmax is the pseudo-label ``y_u``, kept where its
     probability reaches ``pseudo_label_threshold``. With ``copy_paste`` the student sees only
     bidirectionally mixed slices (BCP), else the labeled and unlabeled slices side by side; where a
     batch carries ``"image_strong"`` (a strongly augmented view of the same slice, intensity only) the
@@ -55,7 +55,10 @@ class TwoStreamTrainer(Trainer):
         L_pseudo = sum_s 0.5 * (Dice + CE)(p_s, y_u)[confident pseudo-labeled pixels]
         L        = L_sup + w_u(t) * L_pseudo + lambda(t) * L_bcr        (L_bcr on the student's input)
 
-    and ``engine.state.output`` also holds ``loss_pseudo`` and ``pseudo_weight``.
+    and ``engine.state.output`` also holds ``loss_pseudo`` and ``pseudo_weight``. ``L_sup`` is then the
+    region loss of :class:`~ideal_monai.losses.MixedSupervisionLoss` (Dice pooled over the batch), not
+    ``supervised_loss``; with ``copy_paste`` the output's ``label`` is the mixed target of the first
+    ``B_l`` slices (ground truth outside the boxes, pseudo-labels inside).
 
     Args:
         device, max_epochs, train_data_loader, epoch_length, non_blocking, train_handlers:
@@ -129,6 +132,10 @@ class TwoStreamTrainer(Trainer):
             raise ValueError(f"pseudo_label_threshold must be in [0, 1] or None, got {pseudo_label_threshold!r}")
         if copy_paste is not None and pseudo_supervision is None:
             raise ValueError("copy_paste needs pseudo_supervision (the loss of the mixed slices)")
+        final_w_u = getattr(pseudo_label_weight, "lambda_max", pseudo_label_weight)
+        if copy_paste is not None and not callable(final_w_u) and float(final_w_u) == 0.0:
+            logger.warning("copy_paste without pseudo-label weight: the pasted unlabeled pixels get no pseudo-label "
+                           "loss (set pseudo_label_weight > 0, BCP uses 0.5)")
         self.pseudo_supervision = pseudo_supervision
         self.pseudo_label_weight = pseudo_label_weight
         self.pseudo_label_threshold = pseudo_label_threshold

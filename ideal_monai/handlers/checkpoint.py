@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +98,18 @@ class TrainingCheckpoint:
         evaluator: the validation engine whose ``best_metric`` / ``best_metric_epoch`` are kept too,
             so a resumed run does not take its first validation for a new best and overwrite
             ``model.pt`` with a worse network (optional; older checkpoints without them still load).
+        optional: names in ``save_dict`` a checkpoint may lack (written before they were added, e.g.
+            ``"ema"``): the object then keeps its fresh state and a warning says so.
     """
 
     def __init__(self, path: str | os.PathLike, save_dict: dict[str, Any], save_interval: int = 1, resume: bool = True,
-                 evaluator: Engine | None = None):
+                 evaluator: Engine | None = None, optional: Sequence[str] = ()):
         self.path = Path(path)
         self.save_dict = save_dict
         self.save_interval = max(1, int(save_interval))
         self.resume = resume
         self.evaluator = evaluator
+        self.optional = set(optional)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
@@ -136,10 +140,13 @@ class TrainingCheckpoint:
         if not (self.resume and self.path.exists()):
             return
         state = load_checkpoint_file(self.path)
-        missing = [name for name in self.save_dict if name not in state]
+        missing = [name for name in self.save_dict if name not in state and name not in self.optional]
         if missing or "engine" not in state:
             raise IdealInputError(self.path, f"checkpoint lacks entries {missing or ['engine']}; was it written by another run?")
         for name, obj in self.save_dict.items():
+            if name not in state:
+                logger.warning("%s has no %r (written by an older version): it starts afresh", self.path, name)
+                continue
             if isinstance(obj, torch.nn.Module):
                 load_state_dict_checked(obj, state[name], self.path)
             else:

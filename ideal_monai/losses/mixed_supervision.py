@@ -6,15 +6,16 @@ pixels came from a labeled image and a teacher's pseudo-label elsewhere. As in B
 
     L = w_l * (Dice + CE)[from_labeled] + w_u * (Dice + CE)[~from_labeled & valid]
 
-Dice is MONAI's :class:`~monai.losses.MaskedDiceLoss` pooled over the batch (a box of one class in one
-slice would otherwise dominate); CE is averaged over the region's pixels.
+Dice is pooled over the batch (a box of one class in one slice would otherwise dominate) and computed on
+one-hot targets masked after encoding (MONAI's ``MaskedDiceLoss`` masks the class indices, which turns the
+pixels outside the region into background); CE is averaged over the region's pixels. With the region
+everywhere it equals ``DiceCELoss(to_onehot_y=True, softmax=True, batch=True)``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import MaskedDiceLoss
 from torch.nn.modules.loss import _Loss
 
 __all__ = ["MixedSupervisionLoss"]
@@ -36,17 +37,27 @@ class MixedSupervisionLoss(_Loss):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         self.labeled_weight = float(labeled_weight)
         self.pseudo_weight = float(pseudo_weight)
-        self.dice = MaskedDiceLoss(to_onehot_y=True, softmax=True, batch=True)
+        self.smooth = 1e-5  # MONAI DiceLoss's smooth_nr / smooth_dr
 
     def region_loss(self, logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
         """Dice + CE of ``logits (B, C, H, W)`` against ``target (B, 1, H, W)`` over ``region (B, 1, H, W)``
-        (bool); 0, still attached to the graph, when the region is empty."""
-        region_f = region.to(logits.dtype)
+        (bool); 0, still attached to the graph, when the region is empty.
+
+        Dice is pooled over the batch and averaged over all ``C`` channels (background included, as
+        MONAI's ``DiceCELoss`` does); the target is one-hot encoded *before* masking, so a pixel outside
+        the region counts for no class at all (masking class indices first would make it background).
+        """
+        num_classes = logits.shape[1]
+        weight = region.to(logits.dtype)  # (B, 1, H, W)
         ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none")  # (B, H, W)
-        ce = torch.where(region[:, 0], ce, torch.zeros_like(ce)).sum() / region_f.sum().clamp_min(1.0)
-        if not bool(region.any()):
-            return ce  # MaskedDiceLoss of an empty region is 1 - smooth/smooth: no signal, only noise
-        return ce + self.dice(logits, target, mask=region_f)
+        ce = torch.where(region[:, 0], ce, torch.zeros_like(ce)).sum() / weight.sum().clamp_min(1.0)
+        probs = torch.softmax(logits, dim=1)
+        onehot = F.one_hot(target[:, 0].long(), num_classes).permute(0, 3, 1, 2).to(probs.dtype)
+        dims = (0, 2, 3)
+        intersection = (probs * onehot * weight).sum(dims)
+        denominator = ((probs + onehot) * weight).sum(dims)
+        dice = 1.0 - (2.0 * intersection + self.smooth) / (denominator + self.smooth)  # (C,); 0 for an empty region
+        return ce + dice.mean()
 
     def terms(self, logits: torch.Tensor, target: torch.Tensor, from_labeled: torch.Tensor,
               valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ also prove the configs do not depend on the current directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -210,3 +211,14 @@ def test_channels_last_key_sets_the_memory_order_and_keeps_the_outputs(config, t
         out_nhwc, out_nchw = nets[True](x), nets[False](x)
     # pre-training gives {"dense": [...], "global": ..., "features": [...]}, the others one tensor
     torch.testing.assert_close(out_nhwc, out_nchw, rtol=1e-4, atol=1e-5)
+
+
+def test_teacher_and_checkpoint_refer_to_the_weight_average_handler():
+    """``train.json`` names the EMA handler by its place in ``train#handlers`` (MONAI's property check needs
+    the list to hold the handlers themselves): the teacher and the checkpoint must point at that place."""
+    config = json.loads((CONFIGS / "train.json").read_text())
+    handlers = config["train"]["handlers"]
+    (index,) = [i for i, h in enumerate(handlers) if h.get("_target_") == "ideal_monai.handlers.WeightEMA"]
+    (checkpoint,) = [h for h in handlers if h.get("_target_") == "ideal_monai.handlers.TrainingCheckpoint"]
+    assert checkpoint["save_dict"]["ema"] == f"@train#handlers#{index}"
+    assert config["train"]["trainer"]["teacher"].startswith(f"$@train#handlers#{index}.averaged_network")

@@ -22,6 +22,17 @@ def test_all_labeled_equals_dice_ce_pooled_over_the_batch():
     assert torch.isclose(loss, expected, atol=1e-5)
 
 
+def test_perfect_prediction_scores_zero_on_a_partial_region():
+    """Pixels outside the region count for no class (not as background): a right answer inside costs ~0."""
+    _, target = _case(b=4)
+    logits = 50.0 * torch.nn.functional.one_hot(target[:, 0], 4).permute(0, 3, 1, 2).float()
+    logits[..., 8:] = 50.0 * torch.randn(4, 4, 16, 8)  # wrong, confident outside the region
+    region = torch.zeros_like(target, dtype=torch.bool)
+    region[..., :8] = True
+    gt, _ = MixedSupervisionLoss().terms(logits, target, region)
+    assert float(gt) < 1e-4
+
+
 def test_pseudo_region_weighted_and_masked():
     logits, target = _case()
     from_labeled = torch.zeros_like(target, dtype=torch.bool)
