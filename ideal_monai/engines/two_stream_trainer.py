@@ -15,7 +15,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..losses import BidirectionalConsistencyLoss, MixedSupervisionLoss
 from ..networks import split_streams
-from ..transforms import BidirectionalCopyPaste
+from ..transforms import BidirectionalCopyPaste, side_by_side
 from ..utils.precision import autocast, resolve_precision
 from ..utils.weights import unwrap
 from .utils import backward_and_step, check_finite
@@ -179,7 +179,7 @@ class TwoStreamTrainer(Trainer):
     def pseudo_labels(self, x_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's pseudo-labels of ``x_u (B, 1, H, W)``: ``(labels (B, 1, H, W) long, valid (B, 1, H, W) bool)``.
 
-        The teacher runs in eval mode (its BatchNorm statistics, both streams' ensemble); the trained
+        The teacher runs in eval mode (its BatchNorm statistics and eval output); the trained
         network is put back in train mode by :meth:`step`.
         """
         teacher = self.teacher if self.teacher is not None else unwrap(self.network)
@@ -217,13 +217,8 @@ class TwoStreamTrainer(Trainer):
             # the student sees the strong views where the batches carry them (weak-to-strong)
             xs_l = _strong_view(batchdata, x_l, device, non_blocking)
             xs_u = _strong_view(unlabeled, x_u, device, non_blocking)
-            if self.copy_paste is not None:
-                inputs, target, from_labeled, valid = self.copy_paste(xs_l, y_l, xs_u, y_u, valid_u)
-            else:
-                inputs = torch.cat([xs_l, xs_u])
-                target = torch.cat([y_l.long(), y_u])
-                from_labeled = torch.cat([torch.ones_like(y_l, dtype=torch.bool), torch.zeros_like(y_u, dtype=torch.bool)])
-                valid = torch.cat([torch.ones_like(y_l, dtype=torch.bool), valid_u])
+            mix = self.copy_paste if self.copy_paste is not None else side_by_side
+            inputs, target, from_labeled, valid = mix(xs_l, y_l, xs_u, y_u, valid_u)
         else:
             inputs = x_l
             if unlabeled is not None:
@@ -267,8 +262,7 @@ class TwoStreamTrainer(Trainer):
         if loss_pseudo is not None:
             output["loss_pseudo"] = loss_pseudo.detach()
             output["pseudo_weight"] = torch.tensor(w_u)
-            if self.copy_paste is not None:  # the first B_l mixed slices are mostly the labeled ones
-                output[Keys.PRED], output[Keys.LABEL] = logits[0][:n_l].detach(), target[:n_l]
+            output[Keys.LABEL] = target[:n_l]  # with copy_paste: the mixed target of the mostly labeled slices
         self.state.output = output
         return output
 

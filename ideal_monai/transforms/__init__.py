@@ -6,7 +6,7 @@
 - :mod:`.heart_components`: inference post-processing, the heart's largest component then each structure's.
 """
 
-from .copy_paste import BidirectionalCopyPaste, MixedBatch, random_box_masks
+from .copy_paste import BidirectionalCopyPaste, MixedBatch, random_box_masks, side_by_side
 from .heart_components import KeepHeartComponentsd
 from .paired_views import (
     RandPairedViewsd,
@@ -23,6 +23,7 @@ __all__ = [
     "BidirectionalCopyPaste",
     "MixedBatch",
     "random_box_masks",
+    "side_by_side",
     "KeepHeartComponentsd",
     "RandPairedViewsd",
     "RandPairedViewsD",

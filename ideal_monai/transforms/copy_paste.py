@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["BidirectionalCopyPaste", "MixedBatch", "random_box_masks"]
+__all__ = ["BidirectionalCopyPaste", "MixedBatch", "random_box_masks", "side_by_side"]
 
 
 class MixedBatch(NamedTuple):
@@ -41,6 +41,15 @@ class MixedBatch(NamedTuple):
     target: torch.Tensor
     from_labeled: torch.Tensor
     valid: torch.Tensor
+
+
+def side_by_side(x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tensor, pseudo_u: torch.Tensor,
+                 valid_u: torch.Tensor) -> MixedBatch:
+    """The unmixed batch as a :class:`MixedBatch`: the ``B_l`` labeled slices, then the ``B_u`` unlabeled ones
+    (arguments as for :meth:`BidirectionalCopyPaste.__call__`, ``valid_u`` required)."""
+    labeled = torch.ones_like(y_l, dtype=torch.bool)
+    return MixedBatch(torch.cat([x_l, x_u]), torch.cat([y_l.long(), pseudo_u.long()]),
+                      torch.cat([labeled, torch.zeros_like(valid_u)]), torch.cat([labeled, valid_u]))
 
 
 def random_box_masks(n: int, height: int, width: int, box_fraction: float, device: torch.device | str = "cpu",
