@@ -213,12 +213,26 @@ def test_channels_last_key_sets_the_memory_order_and_keeps_the_outputs(config, t
     torch.testing.assert_close(out_nhwc, out_nchw, rtol=1e-4, atol=1e-5)
 
 
-def test_teacher_and_checkpoint_refer_to_the_weight_average_handler():
-    """``train.json`` names the EMA handler by its place in ``train#handlers`` (MONAI's property check needs
-    the list to hold the handlers themselves): the teacher and the checkpoint must point at that place."""
+def test_weight_average_survives_a_handler_inserted_before_the_others(tmp_path, bundle_root, restore_logging):
+    """MONAI Label puts a ``CheckpointLoader`` at the head of ``train#handlers``: the EMA teacher of the
+    pseudo-labels and the EMA saved in the resumable checkpoint must still be found (they once referred
+    to the EMA by its place in the list, and the shifted list made that reference circular)."""
     config = json.loads((CONFIGS / "train.json").read_text())
-    handlers = config["train"]["handlers"]
-    (index,) = [i for i, h in enumerate(handlers) if h.get("_target_") == "ideal_monai.handlers.WeightEMA"]
-    (checkpoint,) = [h for h in handlers if h.get("_target_") == "ideal_monai.handlers.TrainingCheckpoint"]
-    assert checkpoint["save_dict"]["ema"] == f"@train#handlers#{index}"
-    assert config["train"]["trainer"]["teacher"].startswith(f"$@train#handlers#{index}.averaged_network")
+    ModelSaver(tmp_path, DualDecoderUNet(features=SMALL), filename="start.pt").save()
+    loader = {"_target_": "CheckpointLoader", "load_path": str(tmp_path / "start.pt"),
+              "load_dict": {"model": "@network"}, "strict": False}
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(META_FILE), logging_file=str(LOGGING_FILE),
+        workflow_type="train", bundle_root=str(bundle_root), use_pretrained=False, cache_rate=0.0, num_val=1,
+        features=SMALL, ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "runs"), max_epochs=1,
+        iterations_per_epoch=2, pseudo_label_weight=0.5, pseudo_label_teacher="ema", resume=False,
+        **{"train#handlers": [loader] + config["train"]["handlers"]},
+    )
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    wf.finalize()
+    checkpoint = torch.load(tmp_path / "models" / "finetune_checkpoint.pt", map_location="cpu", weights_only=True)
+    assert "ema" in checkpoint and checkpoint["ema"]["n_averaged"] == 2  # updated after each of the 2 steps
+    exported = _tensor_state(tmp_path / "models" / "model_ema.pt")
+    assert exported.keys() == DualDecoderUNet(features=SMALL).state_dict().keys()
