@@ -186,33 +186,48 @@ class Profile:
         return None if minutes is None else 60.0 * minutes
 
 
-#: A 2-core CPU, all arms at 3 and 7 labeled in one sitting: 128x128 patches at 2 mm in-plane (a
-#: 256 mm field, which keeps the whole heart of 159 of the 160 labeled ACDC volumes when centred:
-#: scripts/measure_acdc_geometry.py; inference inverts the resampling), 10 min of pre-training once, 10 min of training per arm.
-#: No validation during training (final weights evaluated). Why these settings (SGD lr 0.05, 4
-#: unlabeled slices and a half-width D2 for the two-stream arms): docs/history/BENCHMARKS.md, sections
-#: "Fine-tuning learning rate on phantoms" and "How the CPU profile got here (what was tried)".
-CPU_PROFILE = Profile(
-    name="cpu",
-    shared={"patch_size": [128, 128], "target_spacing": [2.0, 2.0], "seed": 0},
-    pretrain={"batch_size": 16, "iterations_per_epoch": 50},
-    finetune={"batch_size_labeled": 12, "batch_size_unlabeled": 4, "decoder_width": [1.0, 0.5],
-              "iterations_per_epoch": 50, "val_interval": 10**6, "learning_rate": 0.05},
-    inference={"sw_batch_size": 32},
-    pretrain_minutes=10.0,
-    minutes_per_arm=10.0,
-)
+#: The geometry keys, which :attr:`Profile.shared` gives every stage.
+_GEOMETRY = ("patch_size", "target_spacing")
 
-#: The literature's setting: 30k iterations of batch 24 (12 labeled + 12 unlabeled) at 256x256,
-#: 100 epochs of pre-training; validation every 10 epochs for the curves only.
-GPU_PROFILE = Profile(
-    name="gpu",
-    shared={"patch_size": [256, 256], "target_spacing": [1.25, 1.25], "seed": 0},
-    pretrain={"batch_size": 16, "max_epochs": 100, "iterations_per_epoch": None},
-    finetune={"batch_size_labeled": 12, "batch_size_unlabeled": 12, "max_epochs": 300, "iterations_per_epoch": 100,
-              "val_interval": 10},
-    inference={"sw_batch_size": 64},
-)
+
+def _recipe(profile: str, stage: str) -> dict:
+    """The bundle's recipe overlay ``configs/profile_<profile>_<stage>.json``: the one place its values live."""
+    return json.loads((config_path("finetune").parent / f"profile_{profile}_{stage}.json").read_text())
+
+
+def _profile_from_recipes(name: str, budgeted: bool = False, **settings) -> Profile:
+    """A profile of the recipe overlays of ``name``: the geometry shared by every stage, each stage's other
+    values, less ``max_epochs`` when ``budgeted`` (the budget plans the length) and less the network's keys at
+    inference (the trained arm's are used). ``settings``: the :class:`Profile` fields of the benchmark
+    itself, and ``pretrain`` / ``finetune`` / ``inference`` values it adds to the recipe's."""
+    recipes = {stage: _recipe(name, stage) for stage in ("pretrain", "train", "inference")}
+    length = ("max_epochs",) if budgeted else ()
+
+    def stage(recipe: str, drop: Sequence[str], own: Mapping) -> dict:
+        return {**{k: v for k, v in recipes[recipe].items() if k not in (*_GEOMETRY, *drop)}, **own}
+
+    return Profile(name=name, shared={**{k: recipes["train"][k] for k in _GEOMETRY}, "seed": 0},
+                   pretrain=stage("pretrain", length, settings.pop("pretrain", {})),
+                   finetune=stage("train", length, settings.pop("finetune", {})),
+                   inference=stage("inference", ("decoder_width", "features", "num_streams"),
+                                   settings.pop("inference", {})),
+                   **settings)
+
+
+#: A 2-core CPU, all arms at 3 and 7 labeled in one sitting: the CPU recipe (``profile_cpu_*.json``: 128x128
+#: patches at 2 mm in-plane, a 256 mm field, which keeps the whole heart of 159 of the 160 labeled ACDC
+#: volumes when centred: scripts/measure_acdc_geometry.py; inference inverts the resampling), 10 min of
+#: pre-training once, 10 min of training per arm (their lengths planned from the budget, so the recipe's
+#: ``max_epochs`` is not used), no validation during training (final weights evaluated); the network's keys
+#: at inference are the trained arm's. Why these settings (SGD lr 0.05, 4 unlabeled slices and a half-width D2
+#: for the two-stream arms): docs/history/BENCHMARKS.md, sections "Fine-tuning learning rate on phantoms" and
+#: "How the CPU profile got here (what was tried)".
+CPU_PROFILE = _profile_from_recipes("cpu", budgeted=True, finetune={"val_interval": 10**6}, pretrain_minutes=10.0,
+                                    minutes_per_arm=10.0)
+
+#: The literature's setting (``profile_gpu_*.json``): 30k iterations of batch 24 (12 labeled + 12 unlabeled)
+#: at 256x256, 100 epochs of pre-training; validation every 10 epochs for the curves only.
+GPU_PROFILE = _profile_from_recipes("gpu")
 
 PROFILES: dict[str, Profile] = {"cpu": CPU_PROFILE, "gpu": GPU_PROFILE}
 

@@ -14,125 +14,35 @@ from the expert labels and compared over all patients (:mod:`ideal_monai.functio
 Outputs in ``output_dir``: ``function.csv``, ``function.json``, ``report.md``, ``curves/<patient>.png``
 and, with ground truth, ``agreement.csv``, ``bland_altman.png``, ``scatter.png``. Every file is
 written atomically; a patient that cannot be computed is a row with its reason, never a crash.
+
+The run's parts: :mod:`.patients` (the patients and their files), this module (segmentation through the
+bundle's ``inference`` and the computation per patient), :mod:`.report` (the report files) and
+:mod:`.plots` (the figures).
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import json
 import logging
-import math
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..data.discovery import discover_cases
-from ..data.io import check_same_grid, load_volume, read_shape, strip_image_suffix
+from ..data.io import load_volume, read_shape, strip_image_suffix
 from ..errors import IdealInputError
-from ..utils.atomic import atomic_path, atomic_write_text
-from ..utils.classes import CLASS_COLOURS, CLASS_LABELS
-from .agreement import agreement_table, plot_agreement
-from .clinical import INDEXED_NAMES, indexed_values, max_wall_thickness_mm, patient_body
+from .agreement import agreement_table
+from .clinical import indexed_values, max_wall_thickness_mm, patient_body
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_unit)
+from .patients import function_patients, label_file, label_frames, read_info_cfg
+from .plots import plot_agreement, plot_volume_curves
 from .qc import quality_flags
 from .reference import load_reference_ranges, outside_reference
+from .report import CLINICAL_NAMES, clinical_values, report_units, write_reports
 
-__all__ = ["function_patients", "read_info_cfg", "patient_function", "run_function"]
+__all__ = ["patient_function", "run_function", "segment_missing"]
 
 logger = logging.getLogger(__name__)
-
-_FRAME = re.compile(r"_frame(?P<frame>\d+)$")
-
-
-def read_info_cfg(path: Path) -> dict[str, int | float | str]:
-    """``{"ED": n, "ES": m}`` (1-based frame numbers) from an ACDC ``Info.cfg`` (``ED: 1`` lines), with
-    ``Height`` (cm) and ``Weight`` (kg) as numbers and ``Group`` as text where the file has them."""
-    out: dict[str, int | float | str] = {}
-    for line in Path(path).read_text(errors="replace").splitlines():
-        key, sep, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if not sep:
-            continue
-        if key in ("ED", "ES"):
-            try:
-                out[key] = int(float(value))
-            except ValueError:
-                raise IdealInputError(path, f"{key} is not a frame number: {value!r}") from None
-        elif key in ("Height", "Weight"):
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise IdealInputError(path, f"{key} is not a number: {value!r}") from None
-        elif key == "Group":
-            out[key] = value
-    return out
-
-
-def function_patients(dataset_dir: str | Path, series_uid: str | None = None) -> list[dict]:
-    """Patients of ``dataset_dir``: ``{"patient_id", "cine": path | None, "frames": {n: case}, "info": path | None,
-    "dicom": series info | None, "error": IdealInputError | None}`` (``error``: a file of the patient could not be
-    read; ``dicom``: identifiers and patient tags of a DICOM series, see :mod:`ideal_monai.data.dicom`).
-
-    ``frames`` maps a frame number (from ``_frameYY`` names; 0 for other 3D files) to the
-    discovered case dict (``image``, optional ``label``).
-    """
-    patients: dict[str, dict] = {}
-    for case in discover_cases(dataset_dir, include_cine=True, series_uid=series_uid or None):
-        pid = case["patient_id"]
-        p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None, "dicom": None,
-                                      "error": None})
-        p["dicom"] = p["dicom"] or case.get("dicom")
-        image = Path(case["image"])
-        if "frame" in case:  # one frame of a 4D cine file
-            p["cine"] = image
-            continue
-        try:
-            ndim = len(read_shape(image))
-        except IdealInputError as e:  # an unreadable file fails its patient, not the run
-            p["error"] = p["error"] or e
-            continue
-        if ndim == 4:
-            p["cine"] = image
-            continue
-        match = _FRAME.search(str(case["case_id"]))
-        p["frames"][int(match["frame"]) if match else len(p["frames"])] = case
-        info = image.parent / "Info.cfg"
-        if info.is_file():
-            p["info"] = info
-    return [patients[k] for k in sorted(patients)]
-
-
-def _zooms(t) -> tuple[float, float, float]:
-    affine = np.asarray(t.affine, dtype=np.float64)
-    return tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
-
-
-def _frames_of(path: Path, reference=None) -> tuple[list[np.ndarray], tuple[float, float, float], object]:
-    """The 3D label arrays of a 3D or 4D label file, its spacing and its first frame's tensor."""
-    shape = read_shape(path)
-    if len(shape) == 4 and shape[3] < 2:
-        raise IdealInputError(path, f"is a 4D cine with {shape[3]} frame: ED and ES need at least two")
-    frames = [None] if len(shape) == 3 else list(range(shape[3]))
-    tensors = [load_volume(path, is_label=True, frame=f) for f in frames]
-    zooms = _zooms(tensors[0])
-    volume_unit(zooms, where=str(path))  # NaN / zero spacing: say so before any grid comparison
-    if reference is not None:
-        check_same_grid(reference, tensors[0])
-    return [np.asarray(t[0]) for t in tensors], zooms, tensors[0]
-
-
-def _label_file(folder: Path | None, case_id: str) -> Path | None:
-    if folder is None:
-        return None
-    for suffix in (".nii.gz", ".nii", ".mha", ".nrrd"):
-        for name in (f"{case_id}_gt{suffix}", f"{case_id}{suffix}"):
-            if (folder / name).is_file():
-                return folder / name
-    return None
 
 
 def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], unit: VolumeUnit,
@@ -172,7 +82,7 @@ def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], uni
             "notes": notes, "wall": wall}
 
 
-def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es,
+def patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, density, ed_es,
                    body_given: Mapping | None = None, ranges: Sequence[Mapping] | None = None) -> dict:
     """Automatic (and reference) function of one patient; raises IdealInputError for bad input.
 
@@ -196,7 +106,7 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
             raise IdealInputError(image, f"is a 4D cine with {shape[3]} frame: ED and ES need at least two")
         case_id = strip_image_suffix(image)
         sources = {"auto": pred_dir / f"{case_id}.nii.gz",
-                   "reference": _label_file(label_dir, case_id) or _label_file(image.parent, case_id + "_gt")}
+                   "reference": label_file(label_dir, case_id) or label_file(image.parent, case_id + "_gt")}
         entry["input"] = "4D cine"
         entry["files"] = [str(image)]
     else:
@@ -220,7 +130,7 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         frames_used = {n: p["frames"][n] for n in numbers}
         sources = {
             "auto": [pred_dir / f"{strip_image_suffix(frames_used[n]['image'])}.nii.gz" for n in numbers],
-            "reference": [frames_used[n].get("label") or _label_file(label_dir, strip_image_suffix(frames_used[n]["image"]))
+            "reference": [frames_used[n].get("label") or label_file(label_dir, strip_image_suffix(frames_used[n]["image"]))
                           for n in numbers],
         }
         if any(r is None for r in sources["reference"]):
@@ -236,12 +146,12 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
         if src is None:
             continue
         if isinstance(src, Path):  # a 4D label file
-            labels, zooms, _ = _frames_of(src, image(p["cine"], 0))
+            labels, zooms, _ = label_frames(src, image(p["cine"], 0))
             frame_ids = list(range(len(labels)))
         else:
             labels, zooms_all, first = [], [], None
             for img_case, path in zip((frames_used[n] for n in numbers), src):
-                lab, zooms, tensor = _frames_of(Path(path), image(img_case["image"]))
+                lab, zooms, tensor = label_frames(Path(path), image(img_case["image"]))
                 if first is not None and (tensor.shape != first.shape or
                                           not np.allclose(np.asarray(tensor.affine), np.asarray(first.affine), atol=1e-3)):
                     raise IdealInputError(path, f"is not on the grid of {Path(src[0]).name}: ED and ES of one "
@@ -257,14 +167,18 @@ def _patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, den
             res["notes"].append(entry["note"])
         bsa = entry["body"]["bsa_m2"] if unit.unit == "mL" else None
         res["indexed"] = indexed_values(res["indices"], bsa)
-        res["outside_reference"] = outside_reference(_clinical_values(res), entry["body"]["sex"], ranges)
+        res["outside_reference"] = outside_reference(clinical_values(res), entry["body"]["sex"], ranges)
         entry["unit"], entry["voxel_mm3"] = unit.unit, unit.voxel_mm3
         entry["mass_unit"] = "g" if unit.unit == "mL" else f"voxels x {density:g}"
     return entry
 
 
-def _segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None) -> None:
-    """Run the bundle's ``inference`` on the images that have no prediction in ``pred_dir`` yet."""
+def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None) -> None:
+    """Run the bundle's ``inference`` on the images of ``patients`` that have no prediction in ``pred_dir`` yet.
+
+    The files are handed to inference as its dataset (``dataset#data``), and inference reports a file
+    that fails without exiting (``exit_on_failure`` False): its patient is then reported as not computed.
+    """
     from ..bundle_runner import run_bundle
 
     todo = []
@@ -275,76 +189,13 @@ def _segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrid
         todo += [im for im in images if not (pred_dir / f"{strip_image_suffix(im)}.nii.gz").is_file()]
     if not todo:
         return
-    staging = pred_dir / ".to_segment"
-    staging.mkdir(parents=True, exist_ok=True)
-    for im in todo:  # a flat folder of links: inference segments exactly these files
-        link = staging / im.name
-        if not link.exists():
-            link.symlink_to(im.resolve())
     logger.info("segmenting %d file(s) into %s", len(todo), pred_dir)
-    try:
-        kwargs = dict(inference_overrides)
-        if bundle_root:
-            kwargs["bundle_root"] = bundle_root
-        try:
-            run_bundle("inference", dataset_dir=str(staging), output_dir=str(pred_dir), overwrite=False, **kwargs)
-        except SystemExit:  # some files failed (inference printed which): their patients are "not computed"
-            logger.warning("inference failed for some files; their patients are reported as not computed")
-    finally:
-        for link in staging.iterdir():
-            link.unlink()
-        staging.rmdir()
-
-
-def _fmt(v, digits=1) -> str:
-    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
-
-
-#: The clinical values beside :data:`INDEX_NAMES`: indexed to the BSA, and the maximal ED LV wall thickness.
-CLINICAL_NAMES = [*INDEXED_NAMES, "LV_max_wall_mm"]
-
-
-def _clinical_values(res: Mapping) -> dict[str, float | None]:
-    """One source's indices, indexed values and wall thickness in one flat dict."""
-    wall = (res.get("wall") or {}).get("max_wall_thickness_mm")
-    return {**res["indices"], **(res.get("indexed") or {}), "LV_max_wall_mm": wall}
-
-
-def _units(entry_unit: str | None, density: float = MYOCARDIAL_DENSITY) -> dict[str, str]:
-    vol = entry_unit or "mL"
-    mass = "g" if vol == "mL" else f"voxels x {density:g}"
-    units = {k: {"volume": vol, "mass": mass, "percent": "%"}[kind] for k, kind in INDEX_NAMES.items()}
-    units.update({k: "g/m2" if "mass" in k else "mL/m2" for k in INDEXED_NAMES})
-    units["LV_max_wall_mm"] = "mm"
-    return units
-
-
-def _plot_curves(entry: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for kind, style in (("auto", "-"), ("reference", "--")):
-        res = entry.get(kind)
-        if not res:
-            continue
-        for name in ("LV", "RV"):
-            ax.plot(res["frames"], res["curves"][name], style, color=CLASS_COLOURS[CLASS_LABELS[name]], marker="o", ms=3,
-                    label=f"{name} cavity ({'automatic' if kind == 'auto' else 'reference'})")
-        if kind == "auto":
-            for frame, tag in ((res["ed_frame"], "ED"), (res["es_frame"], "ES")):
-                if frame is not None:
-                    ax.axvline(frame, color="k", lw=0.8, ls=":")
-                    ax.text(frame, ax.get_ylim()[1], f" {tag}", va="top", fontsize=8)
-    ax.set(xlabel="frame", ylabel=f"volume ({entry.get('unit', 'mL')})", title=entry["patient_id"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    overrides = dict(inference_overrides)
+    if bundle_root:
+        overrides["bundle_root"] = bundle_root
+    cases = [{"image": str(im), "case_id": strip_image_suffix(im)} for im in todo]
+    run_bundle("inference", output_dir=str(pred_dir), overwrite=False, exit_on_failure=False,
+               **{"dataset#data": cases}, **overrides)
 
 
 def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", label_dir: str = "",
@@ -409,13 +260,13 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
         if not pred_dir.is_dir():
             raise IdealInputError(pred_dir, "prediction folder does not exist")
     else:
-        _segment_missing(patients, pred_dir, inference_overrides or {}, bundle_root)
+        segment_missing(patients, pred_dir, inference_overrides or {}, bundle_root)
 
     ed_es = None if ed_frame is None else (int(ed_frame), int(es_frame))
     entries = []
     for p in patients:
         try:
-            entry = _patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given, ranges)
+            entry = patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given, ranges)
         except IdealInputError as e:
             entry = {"patient_id": p["patient_id"], "status": "not computed", "reason": str(e)}
         entries.append(entry)
@@ -424,21 +275,21 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     for e in entries:
         if e.get("input") == "4D cine" and e.get("auto"):
             e["curve_png"] = f"curves/{e['patient_id']}.png"
-            _plot_curves(e, out / e["curve_png"])
+            plot_volume_curves(e, out / e["curve_png"])
     with_ref = [e for e in entries if e.get("auto") and e.get("reference")]
     names = list(INDEX_NAMES)
     report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": classes,
               "myocardial_density": myocardial_density, "reference_ranges": ranges, "patients": entries,
               "agreement": None}
-    units = _units(next((e.get("unit") for e in entries if e.get("unit")), None), float(myocardial_density))
+    units = report_units(next((e.get("unit") for e in entries if e.get("unit")), None), float(myocardial_density))
     if with_ref:
         if len({e["unit"] for e in with_ref}) > 1:
             logger.warning("patients mix mL and voxel units: agreement statistics mix them too")
-        auto = [_clinical_values(e["auto"]) for e in with_ref]
-        ref = [_clinical_values(e["reference"]) for e in with_ref]
+        auto = [clinical_values(e["auto"]) for e in with_ref]
+        ref = [clinical_values(e["reference"]) for e in with_ref]
         report["agreement"] = agreement_table(auto, ref, names + CLINICAL_NAMES)
         plot_agreement(auto, ref, names, units, out / "bland_altman.png", out / "scatter.png")
-    _write_reports(out, report, units)
+    write_reports(out, report, units)
     failed = [e for e in entries if e["status"] != "ok"]
     print(f"ideal-monai function: {len(entries) - len(failed)} of {len(entries)} patient(s) computed; report: "
           f"{out / 'report.md'}")
@@ -447,94 +298,3 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     if failed and exit_on_failure:
         raise SystemExit(1)
     return report
-
-
-def _write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
-    names = list(INDEX_NAMES)
-    rows = []
-    for e in report["patients"]:
-        for kind in ("auto", "reference"):
-            res = e.get(kind)
-            if kind == "reference" and not res:
-                continue
-            row = {"patient_id": e["patient_id"], "source": kind if res else "", "status": e["status"],
-                   "input": e.get("input", ""), "unit": e.get("unit", ""), "voxel_mm3": e.get("voxel_mm3"),
-                   "ed_frame": res["ed_frame"] if res else None, "es_frame": res["es_frame"] if res else None}
-            row.update({n: (res["indices"][n] if res else None) for n in names})
-            body = e.get("body") or {}
-            row.update({k: body.get(k) for k in ("sex", "height_cm", "weight_kg", "bsa_m2")})
-            values = _clinical_values(res) if res else {}
-            row.update({n: values.get(n) for n in CLINICAL_NAMES})
-            row["outside_reference"] = "; ".join(res.get("outside_reference") or []) if res else ""
-            row["series_uid"] = (e.get("dicom") or {}).get("series_uid") or ""
-            row["qc_flags"] = "; ".join(res["qc"]) if res else ""
-            row["notes"] = "; ".join(res["notes"]) if res else e.get("reason", "")
-            rows.append(row)
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["patient_id"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(buf.getvalue(), out / "function.csv")
-    atomic_write_text(json.dumps(report, indent=1, default=str) + "\n", out / "function.json")
-
-    voxel = any(e.get("unit") == "voxels" for e in report["patients"])
-    lines = ["# Cardiac function", ""]
-    if voxel:
-        lines += ["> **VOXEL UNITS.** The images' headers carry unit spacing (1 x 1 x 1), i.e. no real voxel size. "
-                  "Volumes are voxel counts and the mass is voxels x density: **they are not mL or g**. Ejection "
-                  "fractions are ratios and stay valid.", ""]
-    lines += ["| patient | input | ED | ES | " + " | ".join(f"{n} ({units[n]})" for n in names) + " | QC |",
-              "|---|---|---:|---:|" + "---:|" * len(names) + "---|"]
-    for e in report["patients"]:
-        res = e.get("auto")
-        if not res:
-            lines.append(f"| {e['patient_id']} | not computed: {e.get('reason', '')} |" + " |" * (len(names) + 3))
-            continue
-        qc = "; ".join(res["qc"] + res["notes"]) or "ok"
-        lines.append(f"| {e['patient_id']} | {e['input']} | {res['ed_frame']} | {_fmt(res['es_frame'], 0)} | "
-                     + " | ".join(_fmt(res["indices"][n]) for n in names) + f" | {qc} |")
-    lines += _clinical_lines(report["patients"], report["reference_ranges"], units)
-    series = [e for e in report["patients"] if e.get("dicom")]
-    if series:
-        lines += ["", "## DICOM series", "", "| patient | folder | PatientID | SeriesInstanceUID | description | files | "
-                  "phases ordered by |", "|---|---|---|---|---|---:|---|"]
-        for e in series:
-            d = e["dicom"]
-            lines.append(f"| {e['patient_id']} | {d.get('source')} | {d.get('patient_id') or ''} | {d.get('series_uid')} | "
-                         f"{d.get('series_description') or ''} | {d.get('num_files')} | {d.get('phase_order')} |")
-    if report["agreement"]:
-        lines += ["", "## Agreement with the reference labels", "",
-                  "| index | n | MAE | bias | SD of difference | limits of agreement | Pearson r |",
-                  "|---|---:|---:|---:|---:|---|---:|"]
-        for n, s in report["agreement"].items():
-            loa = f"{_fmt(s['loa_low'])} .. {_fmt(s['loa_high'])}" if s["loa_low"] is not None else ""
-            lines.append(f"| {n} ({units[n]}) | {s['n']} | {_fmt(s['mae'])} | {_fmt(s['bias'])} | {_fmt(s['sd'])} | "
-                         f"{loa} | {_fmt(s['r'], 3)} |")
-        lines += ["", "![Bland-Altman](bland_altman.png)", "", "![Scatter](scatter.png)"]
-    curves = [e for e in report["patients"] if e.get("curve_png")]
-    if curves:
-        lines += ["", "## Volume curves", ""] + [f"![{e['patient_id']}]({e['curve_png']})" for e in curves]
-    atomic_write_text("\n".join(lines) + "\n", out / "report.md")
-
-
-def _clinical_lines(patients: Sequence[dict], ranges: Sequence[Mapping], units: Mapping[str, str]) -> list[str]:
-    """The report's clinical table: body size, values indexed to BSA, maximal wall thickness, reference flags."""
-    rows = [e for e in patients if e.get("auto") and e.get("unit") == "mL"]
-    if not rows:
-        return []
-    sources = "; ".join(dict.fromkeys(str(r.get("source") or r["name"]) for r in ranges))
-    lines = ["", "## Clinical values", "",
-             "Indexed to body surface area (Mosteller). Values outside a reference range (by sex where known) are "
-             f"listed in the last column: **a measurement, never a diagnosis**. Ranges: {sources}.", "",
-             "| patient | sex | height (cm) | weight (kg) | BSA (m2) | "
-             + " | ".join(f"{n} ({units[n]})" for n in CLINICAL_NAMES) + " | outside reference range |",
-             "|---|---|---:|---:|---:|" + "---:|" * len(CLINICAL_NAMES) + "---|"]
-    for e in rows:
-        body, values = e.get("body") or {}, _clinical_values(e["auto"])
-        bsa = "" if body.get("bsa_m2") is None else f"{body['bsa_m2']:.2f}"
-        source = f" ({body['body_source']})" if body.get("body_source") else ""
-        lines.append(f"| {e['patient_id']} | {body.get('sex') or '?'} | {_fmt(body.get('height_cm'))} | "
-                     f"{_fmt(body.get('weight_kg'))} | {bsa}{source} | "
-                     + " | ".join(_fmt(values.get(n)) for n in CLINICAL_NAMES)
-                     + f" | {'; '.join(e['auto'].get('outside_reference') or []) or '-'} |")
-    return lines

@@ -64,6 +64,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "use_pretrained": "bool",
     "largest_component": "bool",
     "overwrite": "bool",
+    "exit_on_failure": "bool",
     "save_uncertainty": "bool",
     "save_probabilities": "bool",
     "test_time_flips": "bool",
@@ -92,7 +93,8 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "dense_weight": "number",
     "global_weight": "number",
     "learning_rate": "number",
-    "momentum": "optional_number",  # pre-training: None = no key network; fine-tuning SGD: None = no momentum
+    "momentum": "optional_number",  # fine-tuning's SGD momentum; None = none
+    "key_momentum": "optional_number",  # pre-training's momentum key network; None = keys from the network itself
     "weight_decay": "number",
     "lr_power": "number",
     "lambda_max": "number",
@@ -102,7 +104,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "aug_rotate_deg": "number",
     "heart_bridge_mm": "non_negative_number",
     "aug_scale": "number",
-    "aug_intensity": "number",
+    "aug_intensity": "non_negative_number",
     "myocardial_density": "number",
     "view_rotate_deg": "number",
     "view_brightness": "number",

@@ -10,7 +10,7 @@ import pytest
 
 from ideal_monai.data import discover_cases, load_volume, split_dataset
 from ideal_monai.data.io import check_same_grid, voxel_spacing
-from ideal_monai.function.workflow import read_info_cfg
+from ideal_monai.function.patients import read_info_cfg
 
 ACDC = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "acdc").resolve()
 
