@@ -69,17 +69,30 @@ def _schedule_length_attribute(lr_scheduler: LRScheduler) -> str:
     return attribute
 
 
+def _closed_form_lrs(lr_scheduler: LRScheduler) -> list[float]:
+    """The learning rates of ``lr_scheduler`` at its current step, from its formula (public attributes only)."""
+    t = lr_scheduler.last_epoch
+    if isinstance(lr_scheduler, PolynomialLR):
+        factor = (1.0 - min(t, lr_scheduler.total_iters) / lr_scheduler.total_iters) ** lr_scheduler.power
+        return [base * factor for base in lr_scheduler.base_lrs]
+    eta_min, t_max = lr_scheduler.eta_min, lr_scheduler.T_max
+    return [eta_min + (base - eta_min) * (1.0 + math.cos(math.pi * t / t_max)) / 2.0 for base in lr_scheduler.base_lrs]
+
+
 def retarget_schedule(lr_scheduler: LRScheduler, total_iterations: int) -> None:
     """Make ``lr_scheduler`` (stepped once per iteration) end at ``total_iterations`` from where it is.
 
     The optimizer's learning rates become the closed form of the new schedule at the current step, so
     the scheduler's recursive steps continue exactly as if it had been built for ``total_iterations``.
+    The new length goes in through the scheduler's ``state_dict`` / ``load_state_dict``.
     """
-    setattr(lr_scheduler, _schedule_length_attribute(lr_scheduler), int(total_iterations))
-    lrs = lr_scheduler._get_closed_form_lr()
+    state = lr_scheduler.state_dict()
+    state[_schedule_length_attribute(lr_scheduler)] = int(total_iterations)
+    lr_scheduler.load_state_dict(state)
+    lrs = _closed_form_lrs(lr_scheduler)
     for group, lr in zip(lr_scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
-    lr_scheduler._last_lr = list(lrs)
+    lr_scheduler.load_state_dict({**lr_scheduler.state_dict(), "_last_lr": list(lrs)})  # what get_last_lr() says
 
 
 class TimeBudget(TimeLimit):

@@ -8,6 +8,7 @@ with ``--debug`` / ``IDEAL_MONAI_DEBUG=1``.
 from __future__ import annotations
 
 import os
+import weakref
 
 
 class IdealInputError(ValueError):
@@ -72,18 +73,25 @@ def find_user_error(exc: BaseException | None) -> IdealInputError | None:
     return None
 
 
+#: Progress bars open in this process (see :func:`close_before_errors`); weak, so a closed run's bar goes.
+_OPEN_BARS: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_before_errors(bar) -> None:
+    """Have :func:`print_error` close ``bar`` (anything with ``close()``, e.g. a tqdm bar) before it prints,
+    so the error is the last line on the terminal, not the end of a half-drawn bar."""
+    _OPEN_BARS.add(bar)
+
+
 def print_error(message: str) -> None:
-    """Print ``ideal-monai: error: <message>`` on a line of its own (open progress bars are closed
-    first, so the message does not end up on the end of a half-drawn bar)."""
+    """Print ``ideal-monai: error: <message>`` on a line of its own, after closing the open progress bars."""
     import sys
 
-    try:
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):
+    for bar in list(_OPEN_BARS):
+        try:
             bar.close()
-    except Exception:  # noqa: BLE001 - never let the error printer fail
-        pass
+        except Exception:  # noqa: BLE001 - never let the error printer fail
+            pass
     print(f"ideal-monai: error: {message}", file=sys.stderr)
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from ignite.engine import Engine, Events
 from tqdm.auto import tqdm
 
+from ..errors import close_before_errors
+
 
 class ProgressBar:
     """One tqdm bar over all iterations of a run (every epoch), showing ``output_transform(output)``.
@@ -40,6 +42,7 @@ class ProgressBar:
         total = engine.state.max_epochs * engine.state.epoch_length if engine.state.epoch_length else None
         self.bar = tqdm(total=total, initial=engine.state.iteration, desc=self.desc, leave=self.persist,
                         dynamic_ncols=True)
+        close_before_errors(self.bar)
 
     def _update(self, engine: Engine) -> None:
         if self.bar is None:
