@@ -8,6 +8,7 @@
     ideal-monai function  --dataset_dir IMAGES --output_dir REPORT [--bundle_root DIR] [--prediction_dir SEG] [--label_dir GT]
     ideal-monai demo      [--output_dir DIR]
     ideal-monai label-app --output_dir APP [--model_path model.pt] [--overwrite] [--<config key> VALUE ...]
+    ideal-monai label-server --app APP --studies IMAGES [--port 8000] [--allow_origin URL] [--max_pending 4]
     ideal-monai bundle    --output_dir DIR [--model_path MODEL.pt or MODELS_DIR]
 
 Errors in the input print one line (``ideal-monai: error: <file>: <problem>``) and exit with
@@ -100,14 +101,36 @@ def demo(output_dir: str = "demo_output", **kwargs) -> None:
 
 def label_app(output_dir: str, model_path: str | None = None, overwrite: bool = False, **overrides) -> None:
     """Lay out a MONAI Label app folder serving this bundle (needs ``pip install 'ideal-monai[label]'``)."""
-    from .label.app import APP_MODEL_NAME, make_label_app
+    from .label.app import make_label_app
     from .utils.config_checks import check_config_values
 
     check_config_values({"overwrite": overwrite})
     out = make_label_app(output_dir, model_path=model_path, overwrite=overwrite, **overrides)
     print(f"MONAI Label app written to {out}; start it with:\n"
-          f"  monailabel start_server --app {out} --studies <images> --conf models {APP_MODEL_NAME} "
-          f"--conf zoo_source github --conf sam2 false --host 127.0.0.1")
+          f"  ideal-monai label-server --app {out} --studies <images>")
+
+
+def _strings(value) -> tuple[str, ...]:
+    """A repeatable or comma-separated option (fire gives a str, or a tuple for ``[a,b]``) as a tuple."""
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return tuple(v.strip() for v in str(value).split(",") if v.strip()) if value else ()
+
+
+def label_server(app: str, studies: str, host: str = "127.0.0.1", port: int = 8000, allowed_host=(), allow_origin=(),
+                 max_pending: int = 4, max_upload_mb: float = 256.0, max_image_mb: float = 1024.0,
+                 max_ratio: float = 100.0, log_level: str = "info") -> None:
+    """Serve a ``label-app`` folder with MONAI Label on 127.0.0.1, with safe defaults (needs the [label] extra):
+    only the studies' ids or the request's own upload are read, uploads are size-checked, a foreign ``Host``
+    or web-page ``Origin`` is refused (``--allow_origin`` for a viewer served elsewhere, ``--allowed_host`` for
+    another name), at most ``--max_pending`` inferences at once (then 429)."""
+    from .label.server import LOOPBACK_NAMES, ServerSettings, serve
+    from .label.uploads import UploadLimits
+
+    settings = ServerSettings(allowed_hosts=tuple(dict.fromkeys((*LOOPBACK_NAMES, *_strings(allowed_host)))),
+                              allowed_origins=_strings(allow_origin), max_pending=max_pending,
+                              limits=UploadLimits(max_upload_mb, max_image_mb, max_ratio))
+    serve(app, studies, host=host, port=port, settings=settings, log_level=log_level)
 
 
 def bundle(output_dir: str, model_path: str | None = None) -> None:
@@ -141,7 +164,7 @@ def _print_traceback(exc: BaseException) -> None:
 
 COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate,
             "function": function, "demo": demo,
-            "label_app": label_app, "bundle": bundle}  # fire also accepts "label-app"
+            "label_app": label_app, "label_server": label_server, "bundle": bundle}  # fire also accepts "label-app"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,9 @@ stream-disagreement active learning), with this bundle in ``model/ideal/``::
 
 Start it with::
 
-    monailabel start_server --app <output_dir> --studies <images> --conf models ideal \
-        --conf zoo_source github --conf sam2 false --host 127.0.0.1
+    ideal-monai label-server --app <output_dir> --studies <images>
+
+(MONAI Label on 127.0.0.1 with the safeguards of :mod:`ideal_monai.label.server`).
 """
 
 from __future__ import annotations

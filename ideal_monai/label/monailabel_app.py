@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import monailabel
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
+from monailabel.config import settings
 from monailabel.utils.others.generic import get_bundle_models, strtobool
 
 from ..utils.classes import FOREGROUND_NAMES
@@ -66,3 +69,32 @@ class IdealApp(MONAILabelApp):
 
     def init_scoring_methods(self):
         return {SCORE_KEY: DisagreementScoring(self._scorer)} if self._scorer is not None else {}
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's ``infer``, refusing an image that is neither a study of the datastore nor a file the
+        server wrote itself (an upload in the temporary folder, a session's image).
+
+        The stock route passes any existing path through, so ``?image=../../etc/passwd`` or an absolute path
+        would be read; ``ideal-monai label-server`` refuses those in its own route, this covers the stock
+        ``monailabel start_server``.
+        """
+        from fastapi import HTTPException
+
+        image = request.get("image")
+        if isinstance(image, str) and image not in set((datastore or self.datastore()).list_images()):
+            if not _written_by_server(image):
+                raise HTTPException(status_code=404, detail=f"image {image!r}: not a study of this server "
+                                                            "(ids: GET /datastore/)")
+        return super().infer(request, datastore)
+
+
+def _written_by_server(path: str) -> bool:
+    """A file directly in the temporary folder (MONAI Label saves uploads there), in a private upload folder
+    of ``ideal-monai label-server``, or in MONAI Label's session folder."""
+    target = Path(os.path.realpath(path))
+    tmp = Path(os.path.realpath(tempfile.gettempdir()))
+    sessions = Path(os.path.realpath(settings.MONAI_LABEL_SESSION_PATH or os.path.join(
+        Path.home(), ".cache", "monailabel", "sessions")))
+    return target.is_file() and (target.parent == tmp or (target.parent.parent == tmp and target.parent.name.startswith(
+        "ideal_upload_")) or sessions in target.parents)
+

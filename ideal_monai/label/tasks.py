@@ -38,7 +38,8 @@ def cine_frames(path: str) -> int | None:
 
 
 class IdealInferTask(BundleInferTask):
-    """``BundleInferTask`` that also segments 4D cine studies: every frame, into one 4D label file.
+    """``BundleInferTask`` that also segments 4D cine studies (every frame, into one 4D label file) and
+    writes every label with its study's own NIfTI header.
 
     A 3D study goes through the stock task. For a 4D ``(X, Y, Z, T)`` study each frame is run through
     the same bundle pipeline (the ``frame`` entry reaches the bundle's loader) and the frames' labels
@@ -54,15 +55,36 @@ class IdealInferTask(BundleInferTask):
         labels = []
         for t in range(frames):
             _, data = super().__call__({**request, "frame": t, "skip_writer": True}, callbacks)
-            label = np.asarray(data[self.key_pred]).squeeze()
+            label = _label_volume(data[self.key_pred])
             if label.shape != shape:
                 raise ValueError(f"{image}: frame {t} was segmented to shape {label.shape}, expected {shape}")
-            labels.append(label.astype(np.uint8))
+            labels.append(label)
         fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="ideal_4d_")
         os.close(fd)
         save_label_like(np.stack(labels, axis=-1), image, out)
         logger.info("ideal: segmented %d frames of %s", frames, image)
         return out, {"frames": frames}
+
+    def writer(self, data, extension=None, dtype=None):
+        """The label of a 3D study with the study's own header (as ``ideal-monai infer`` writes it).
+
+        MONAI Label's writer builds the header from the loaded image's affine, which is the spacing-corrected
+        one: on files whose sform disagrees with ``pixdim`` (all of ACDC) the returned label's header then
+        differed from the image's. A DICOM series (a folder) keeps the stock writer.
+        """
+        image = data.get("image_path")
+        if not isinstance(image, str) or not os.path.isfile(image):
+            return super().writer(data, extension, dtype)
+        fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="ideal_")
+        os.close(fd)
+        save_label_like(_label_volume(data[self.output_label_key]), image, out)
+        return out, {}
+
+
+def _label_volume(pred) -> np.ndarray:
+    """``(1, X, Y, Z)`` or ``(X, Y, Z)`` predicted labels -> ``(X, Y, Z)`` uint8 (a one-slice volume keeps its Z)."""
+    arr = np.asarray(pred)
+    return (arr[0] if arr.ndim == 4 and arr.shape[0] == 1 else arr).astype(np.uint8)
 
 
 def unlabeled_image_paths(datastore: Datastore, label_tag: str | None = None) -> list[str]:
