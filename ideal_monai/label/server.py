@@ -21,7 +21,10 @@ and its own ``POST /infer/{model}`` in place of the stock one:
   one-line message, the traceback only in the server log;
 - inferences run one at a time in a worker thread, at most ``--max_pending`` running or waiting (the next
   answers 429), so ``/info/`` and the other routes keep answering meanwhile (the stock route runs inference
-  on the event loop and blocks every other request).
+  on the event loop and blocks every other request);
+
+and its own ``GET /train/``, which gives a failed training run's output with each traceback cut to its last
+line (the error).
 
 The settings reach this module through ``IDEAL_MONAI_LABEL_*`` environment variables (see
 :func:`server_settings`), which the command sets before MONAI Label imports it.
@@ -47,7 +50,8 @@ from .uploads import UploadLimits, check_upload
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RequestGuard", "ServerSettings", "app", "build_app", "check_import_path", "server_settings"]
+__all__ = ["RequestGuard", "ServerSettings", "app", "build_app", "check_import_path", "server_settings",
+           "without_tracebacks"]
 
 #: Host names a server bound to the loopback interface answers to.
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
@@ -189,6 +193,7 @@ def build_app(settings: ServerSettings | None = None):
     from fastapi.routing import APIRoute
     from monailabel.app import app as monailabel_app
     from monailabel.config import settings as ml_settings
+    from monailabel.endpoints import train as train_endpoint
     from monailabel.endpoints.infer import ResultType, send_response
     from monailabel.endpoints.user.auth import RBAC, User
     from monailabel.interfaces.exception import MONAILabelException
@@ -274,15 +279,50 @@ def build_app(settings: ServerSettings | None = None):
                 shutil.rmtree(private, ignore_errors=True)
             slots.release()
 
-    monailabel_app.add_api_route(path, infer, methods=["POST"], tags=["Infer"],
-                                 summary="Run inference (ideal-monai: datastore ids or this request's upload only)")
-    # Starlette serves the first route that matches: put this one before MONAI Label's (whose router FastAPI
-    # may keep as one included object, so it cannot be picked out and removed by its path).
+    def train_status(all: bool = False, check_if_running: bool = False,
+                     user: User = Depends(RBAC(ml_settings.MONAI_LABEL_AUTH_ROLE_USER))):
+        records = train_endpoint.status(all, check_if_running)
+
+        def cleaned(record):  # a copy: the task registry's own record (details: a deque) stays as it is
+            details = record.get("details") if isinstance(record, dict) else None
+            if details is None or isinstance(details, (str, bytes)):
+                return record
+            return {**record, "details": without_tracebacks(list(details))}
+
+        return [cleaned(r) for r in records] if isinstance(records, list) else cleaned(records)
+
+    # Starlette serves the first route that matches: put these before MONAI Label's (whose routers FastAPI
+    # may keep as included objects, so they cannot be picked out and removed by their paths).
     routes = monailabel_app.router.routes
-    routes.insert(0, routes.pop())
-    assert isinstance(routes[0], APIRoute) and routes[0].path == path
+    for route_path, endpoint, method, summary in (
+            (path, infer, "POST", "Run inference (ideal-monai: datastore ids or this request's upload only)"),
+            (f"{ml_settings.MONAI_LABEL_API_STR}/train/", train_status, "GET",
+             "Status of the training task (ideal-monai: a failure's last line, no traceback)")):
+        monailabel_app.add_api_route(route_path, endpoint, methods=[method], summary=summary)
+        routes.insert(0, routes.pop())
+        assert isinstance(routes[0], APIRoute) and routes[0].path == route_path
     monailabel_app.add_middleware(RequestGuard, settings=settings)
     return monailabel_app
+
+
+def without_tracebacks(lines: Sequence[str]) -> list[str]:
+    """A training run's output lines with each Python traceback reduced to its last line (the error itself)
+    and without blank lines: clients show these lines, and a traceback tells a user nothing the one-line
+    error does not."""
+    kept, in_traceback = [], False
+    for line in lines:
+        text = str(line)
+        if not text.strip():
+            continue
+        if text.startswith("Traceback (most recent call last):") or text.startswith((
+                "The above exception was the direct cause", "During handling of the above exception")):
+            in_traceback = True
+            continue
+        if in_traceback and text[:1].isspace():
+            continue  # a frame, its source line or a caret line
+        in_traceback = False
+        kept.append(line)
+    return kept
 
 
 def __getattr__(name: str):

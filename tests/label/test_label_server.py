@@ -2,8 +2,9 @@
 
 Over HTTP, as a client (or a web page) would reach it: only the studies' ids or the request's own upload are
 read, bad uploads answer 4xx with their one-line message and leave no file behind, a foreign ``Origin`` or
-``Host`` is refused, ``/info/`` answers while four inferences run and a fifth is told to come back (429), and
-the returned label carries the study's own NIfTI header (ACDC's unit sform included).
+``Host`` is refused, ``/info/`` answers while four inferences run and a fifth is told to come back (429),
+the returned label carries the study's own NIfTI header (ACDC's unit sform included), and a failed training
+run reports its error line without the traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytest.importorskip("monailabel", reason="monailabel is not installed (pip insta
 
 from ideal_monai.data.synthetic import write_synthetic_dataset  # noqa: E402
 from ideal_monai.label import make_label_app  # noqa: E402
-from tests.label.test_monailabel_server import SMALL, _free_port, _multipart, _request, _stop  # noqa: E402
+from tests.label.test_monailabel_server import SMALL, _free_port, _multipart, _request, _stop, _train  # noqa: E402
 
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
@@ -195,3 +196,11 @@ def test_returned_label_carries_the_studys_header(safe_server, tmp_path):
     assert int(label["sform_code"]) == int(image["sform_code"]) == 2
     np.testing.assert_allclose(label["pixdim"][1:4], image["pixdim"][1:4])
     assert set(np.unique(np.asarray(nib.load(str(out)).dataobj)).tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_failed_training_run_reports_its_error_without_a_traceback(safe_server):
+    last = _train(safe_server["url"], {"max_epochs": 1, "device": "cpu", "multi_gpu": False, "not_an_option": 5})
+    assert last["status"] == "ERROR", last
+    details = [str(line) for line in last.get("details", [])]
+    assert any("unknown option(s) ['not_an_option']" in line for line in details), details[-10:]
+    assert not any("Traceback" in line or line.startswith("  File ") for line in details), details[-20:]

@@ -72,3 +72,17 @@ def test_settings_travel_through_the_environment():
 def test_bad_settings_are_refused_by_name(kwargs, key):
     with pytest.raises(IdealInputError, match=key):
         ServerSettings(**kwargs)
+
+
+def test_training_output_keeps_the_error_line_of_each_traceback():
+    from ideal_monai.label.server import without_tracebacks
+
+    lines = ["Loading dataset: 100%", "Traceback (most recent call last):",
+             '  File "<frozen runpy>", line 198, in _run_module_as_main', "    run_main()", "    ^^^^^^^^^^",
+             "ValueError: ideal train request: unknown option(s) ['not_an_option']",
+             "", "The above exception was the direct cause of the following exception:", "",
+             "Traceback (most recent call last):", '  File "app.py", line 3, in <module>',
+             "RuntimeError: training failed", "[INFO] Return code: 1"]
+    assert without_tracebacks(lines) == ["Loading dataset: 100%",
+                                         "ValueError: ideal train request: unknown option(s) ['not_an_option']",
+                                         "RuntimeError: training failed", "[INFO] Return code: 1"]
