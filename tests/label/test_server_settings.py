@@ -86,3 +86,14 @@ def test_training_output_keeps_the_error_line_of_each_traceback():
     assert without_tracebacks(lines) == ["Loading dataset: 100%",
                                          "ValueError: ideal train request: unknown option(s) ['not_an_option']",
                                          "RuntimeError: training failed", "[INFO] Return code: 1"]
+
+
+def test_world_writable_folders_on_the_import_path_are_found(tmp_path):
+    from ideal_monai.label.server import check_import_path
+
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may drop a module there
+    private.chmod(0o755)
+    assert check_import_path([str(shared), str(private), str(tmp_path / "missing")]) == [str(shared)]
