@@ -89,12 +89,14 @@ class IdealApp(MONAILabelApp):
 
 
 def _written_by_server(path: str) -> bool:
-    """A file directly in the temporary folder (MONAI Label saves uploads there), in a private upload folder
-    of ``ideal-monai label-server``, or in MONAI Label's session folder."""
+    """A file of this server's user directly in the temporary folder (MONAI Label saves uploads there), in a
+    private upload folder of ``ideal-monai label-server``, or in MONAI Label's session folder."""
     target = Path(os.path.realpath(path))
     tmp = Path(os.path.realpath(tempfile.gettempdir()))
     sessions = Path(os.path.realpath(settings.MONAI_LABEL_SESSION_PATH or os.path.join(
         Path.home(), ".cache", "monailabel", "sessions")))
-    return target.is_file() and (target.parent == tmp or (target.parent.parent == tmp and target.parent.name.startswith(
+    if not target.is_file() or target.stat().st_uid != os.getuid():  # another local user's file is not ours
+        return False
+    return (target.parent == tmp or (target.parent.parent == tmp and target.parent.name.startswith(
         "ideal_upload_")) or sessions in target.parents)
 

@@ -8,7 +8,8 @@ ideal_monai.label.server:app``: the stock FastAPI app of ``monailabel.app`` with
 - an **Origin check**: a request carrying an ``Origin`` other than the server's own or an ``--allow_origin``
   (a web viewer such as OHIF served elsewhere) is refused with 403 before any route runs. CORS alone only
   hides responses from a page; a cross-site form POST would still run an inference;
-- a **body size cap** from ``Content-Length`` (413) before the upload is received;
+- a **body size cap** from ``Content-Length`` (413) before the upload is received (a chunked body without
+  one is refused with 411);
 
 and its own ``POST /infer/{model}`` in place of the stock one:
 
@@ -35,6 +36,7 @@ The settings reach this module through ``IDEAL_MONAI_LABEL_*`` environment varia
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -45,7 +47,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ..data.io import image_suffix
-from ..errors import IdealInputError, find_user_error
+from ..errors import IdealInputError, find_input_error
 from .uploads import UploadLimits, check_upload
 
 logger = logging.getLogger(__name__)
@@ -153,6 +155,9 @@ class RequestGuard:
             if origin is not None and origin.lower().rstrip("/") not in self.origins | self._own_origins(host):
                 refusal = 403, f"requests from the web page at {origin} are refused (allowed origins: " \
                                f"{', '.join(sorted(self.origins)) or 'none'}; ideal-monai label-server --allow_origin)"
+            elif not length and "chunked" in headers.get("transfer-encoding", "").lower():
+                refusal = 411, "a request body without Content-Length is not accepted (its size could not be " \
+                               "checked before it is received)"
             elif length.isdigit() and int(length) > self.max_body:
                 refusal = 413, f"request body of {int(length) / 2**20:.1f} MiB is over the upload limit " \
                                "(ideal-monai label-server --max_upload_mb)"
@@ -222,10 +227,15 @@ def build_app(settings: ServerSettings | None = None):
                 raise _http_error(400, f"params: not JSON ({e.msg})") from None
             if not isinstance(extra, dict):
                 raise _http_error(400, "params: expected a JSON object")
-            for key in ("image", "label"):
+            for key in ("image", "label", "session", "datastore"):
                 if key in extra:
                     raise _http_error(400, f"params.{key} is not accepted: name a study with ?image=<id> or upload "
                                            "the image as the 'file' part")
+            tag = extra.get("label_tag")
+            if tag is not None and (not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", tag)
+                                    or tag == "final"):
+                raise _http_error(400, f"params.label_tag: expected a name of letters, digits, '_' or '-' other "
+                                       f"than 'final' (a person's label), got {tag!r}")
             if label is not None:
                 raise _http_error(400, "a label upload is not accepted: the ideal model is not interactive")
             request = {"model": model}
@@ -262,14 +272,14 @@ def build_app(settings: ServerSettings | None = None):
             except MONAILabelException as e:
                 raise _http_error(400, f"{e.error.name.lower()}: {e.msg}") from None
             except Exception as e:  # noqa: BLE001 - every failure answers one line; the log keeps the traceback
-                user_error = find_user_error(e)
+                user_error = find_input_error(e)  # bad input; a server-side OSError (disk, permissions) is a 500
                 if user_error is None:
                     logger.exception("inference of %s failed", request.get("image"))
                     raise _http_error(500, f"inference failed ({type(e).__name__}); the server log has the "
                                            "details") from None
-                message = str(user_error)
-                if private is not None:  # name the client's file, not the server's private path
-                    message = message.replace(request["image"], name)
+                message = str(user_error)  # name the client's file or the study's id, not the server's paths
+                message = message.replace(request["image"], name) if private is not None else message.replace(
+                    str(instance.datastore().get_image_uri(image) or request["image"]), image or request["image"])
                 raise _http_error(_limit_status(user_error), message) from None
             if result is None:
                 raise _http_error(500, "inference returned nothing; the server log has the details")
@@ -301,6 +311,13 @@ def build_app(settings: ServerSettings | None = None):
         monailabel_app.add_api_route(route_path, endpoint, methods=[method], summary=summary)
         routes.insert(0, routes.pop())
         assert isinstance(routes[0], APIRoute) and routes[0].path == route_path
+    # MONAI Label answers CORS for "*" unless MONAI_LABEL_CORS_ORIGINS is set, whose URL type adds a trailing
+    # slash that no browser's Origin has: give its CORSMiddleware the allowed origins as they are.
+    from starlette.middleware.cors import CORSMiddleware
+
+    for middleware in monailabel_app.user_middleware:
+        if middleware.cls is CORSMiddleware:
+            middleware.kwargs["allow_origins"] = list(settings.allowed_origins)
     monailabel_app.add_middleware(RequestGuard, settings=settings)
     return monailabel_app
 
@@ -388,8 +405,6 @@ def serve(app_dir: str | os.PathLike, studies: str | os.PathLike, host: str = "1
         kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in unsafe]
         os.environ["PYTHONPATH"] = os.pathsep.join(kept)
     os.environ.update(settings.env())
-    if settings.allowed_origins:  # CORS headers for the allowed viewers (MONAI Label answers "*" otherwise)
-        os.environ["MONAI_LABEL_CORS_ORIGINS"] = json.dumps(list(settings.allowed_origins))
     pairs = {"models": "ideal", "zoo_source": "github", "sam2": "false", **(conf or {})}
     argv = ["start_server", "--app", str(app_dir), "--studies", str(studies), "--host", host, "--port", str(int(port)),
             "--uvicorn_app", "ideal_monai.label.server:app", "--log_level", log_level]

@@ -59,9 +59,7 @@ class IdealInferTask(BundleInferTask):
             if label.shape != shape:
                 raise ValueError(f"{image}: frame {t} was segmented to shape {label.shape}, expected {shape}")
             labels.append(label)
-        fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="ideal_4d_")
-        os.close(fd)
-        save_label_like(np.stack(labels, axis=-1), image, out)
+        out = _write_label(np.stack(labels, axis=-1), image, prefix="ideal_4d_")
         logger.info("ideal: segmented %d frames of %s", frames, image)
         return out, {"frames": frames}
 
@@ -75,10 +73,19 @@ class IdealInferTask(BundleInferTask):
         image = data.get("image_path")
         if not isinstance(image, str) or not os.path.isfile(image):
             return super().writer(data, extension, dtype)
-        fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix="ideal_")
-        os.close(fd)
-        save_label_like(_label_volume(data[self.output_label_key]), image, out)
-        return out, {}
+        return _write_label(_label_volume(data[self.output_label_key]), image, prefix="ideal_"), {}
+
+
+def _write_label(label: np.ndarray, image: str, prefix: str) -> str:
+    """``label`` as a NIfTI file in the temporary folder with ``image``'s header; removed again if writing fails."""
+    fd, out = tempfile.mkstemp(suffix=".nii.gz", prefix=prefix)
+    os.close(fd)
+    try:
+        save_label_like(label, image, out)
+    except BaseException:
+        os.unlink(out)
+        raise
+    return out
 
 
 def _label_volume(pred) -> np.ndarray:

@@ -9,18 +9,21 @@ image.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from ..data.io import IMAGE_SUFFIXES, NIFTI_SUFFIXES, image_suffix
+from ..data.io import NIFTI_SUFFIXES, image_suffix
 from ..errors import IdealInputError
 
-__all__ = ["UploadLimits", "check_upload", "decompressed_bytes"]
+__all__ = ["UPLOAD_SUFFIXES", "UploadLimits", "check_upload", "decompressed_bytes"]
 
 _MB = 1024 * 1024
+#: Formats an upload may have: one file each (MetaImage and NRRD only with their data inside, see
+#: :func:`_refuse_detached_data`; ``.mhd`` / ``.nhdr`` always keep it in another file).
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,12 @@ def decompressed_bytes(path: str | os.PathLike) -> int:
     """
     path = Path(path)
     suffix = image_suffix(path.name)
-    if suffix not in IMAGE_SUFFIXES:
-        raise IdealInputError(path, f"is not an image file of a known format ({', '.join(IMAGE_SUFFIXES)})")
+    if suffix not in UPLOAD_SUFFIXES:
+        raise IdealInputError(path, f"is not an image file of a format accepted here ({', '.join(UPLOAD_SUFFIXES)})")
     if path.stat().st_size == 0:
         raise IdealInputError(path, "is empty")
+    if suffix in (".mha", ".nrrd"):
+        _refuse_detached_data(path)
     if suffix in NIFTI_SUFFIXES:
         import nibabel as nib
 
@@ -76,9 +81,32 @@ def decompressed_bytes(path: str | os.PathLike) -> int:
         except RuntimeError as e:
             raise IdealInputError(path, f"is not a readable image ({str(e).strip().splitlines()[-1][:120]})") from None
         shape = tuple(int(s) for s in reader.GetSize())
-        itemsize = int(sitk.GetArrayViewFromImage(sitk.Image([1] * len(shape), reader.GetPixelID())).itemsize) \
-            * max(1, int(reader.GetNumberOfComponents()))
-    return int(np.prod(shape, dtype=np.int64)) * itemsize
+        try:
+            itemsize = int(sitk.GetArrayViewFromImage(sitk.Image([1] * len(shape), reader.GetPixelID())).itemsize)
+        except RuntimeError:  # a dimension SimpleITK cannot hold (1, or more than 5)
+            raise IdealInputError(path, f"has {len(shape)} dimension(s): expected a 3D volume or a 4D cine") from None
+        itemsize *= max(1, int(reader.GetNumberOfComponents()))
+    return math.prod(shape) * itemsize  # Python integers: a forged header cannot overflow the product
+
+
+def _refuse_detached_data(path: Path) -> None:
+    """MetaImage and NRRD headers may name another file that holds the voxels (``ElementDataFile``,
+    ``data file``): on a server that would read any file the header names. Only data in the upload itself."""
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    for raw in head.split(b"\n"):
+        if not raw.strip():
+            break  # NRRD: the header ends at the first blank line
+        key, _, value = raw.decode("latin-1").partition(":" if path.suffix == ".nrrd" else "=")
+        key, value = key.strip().lower(), value.strip()
+        if path.suffix == ".mha" and key == "elementdatafile":
+            if value.upper() != "LOCAL":
+                raise IdealInputError(path, f"names another file for its voxels (ElementDataFile = {value}): "
+                                            "only images whose data is in the upload are accepted")
+            return
+        if path.suffix == ".nrrd" and key.replace(" ", "") == "datafile":
+            raise IdealInputError(path, "names another file for its voxels ('data file'): only images whose data "
+                                        "is in the upload are accepted")
 
 
 def check_upload(path: str | os.PathLike, limits: UploadLimits, name: str | None = None) -> int:

@@ -116,6 +116,9 @@ def test_only_the_studies_and_the_requests_own_upload_are_read(safe_server):
         assert status == 404 and _detail(content).startswith(f"image {image!r}: not a study of this server"), content
     status, content, _ = _post_infer(url, {}, params={"image": "/etc/passwd"}, upload=studies / "patient001_frame01.nii.gz")
     assert status == 400 and "params.image is not accepted" in _detail(content)
+    status, content, _ = _post_infer(url, {"image": "patient001_frame01"}, params={"save_label": True,
+                                                                                    "label_tag": "../../outside"})
+    assert status == 400 and "params.label_tag" in _detail(content)  # a label saved outside the datastore
     status, content, _ = _post_infer(url, {"image": "patient001_frame01"})
     assert status == 200 and content[:2] == b"\x1f\x8b"  # a gzip-compressed NIfTI label
 
@@ -159,6 +162,9 @@ def test_a_web_page_and_a_foreign_host_are_refused(safe_server):
         except urllib.error.HTTPError as e:
             assert e.code == 403 and "https://evil.example are refused" in _detail(e.read())
     assert _request(f"{url}/info/", headers={"Origin": VIEWER})[0] == 200  # the configured viewer
+    _, _, preflight = _request(f"{url}/infer/ideal", method="OPTIONS", headers={
+        "Origin": VIEWER, "Access-Control-Request-Method": "POST"})  # and its browser may read the answers
+    assert preflight.get("access-control-allow-origin") == VIEWER
     assert _request(f"{url}/info/", headers={"Origin": url})[0] == 200  # the server's own pages
     for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example"):  # DNS rebinding sends its own name
         try:

@@ -43,7 +43,7 @@ def test_bad_bytes_are_refused_naming_the_clients_file(tmp_path, content, messag
 def test_unknown_format_is_refused(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    with pytest.raises(IdealInputError, match="not an image file of a known format"):
+    with pytest.raises(IdealInputError, match="not an image file of a format accepted here"):
         check_upload(path, UploadLimits())
 
 
@@ -75,3 +75,22 @@ def test_upload_size_limit(tmp_path):
 def test_limits_must_be_positive(field):
     with pytest.raises(IdealInputError, match=field):
         UploadLimits(**{field: 0})
+
+
+@pytest.mark.parametrize("name, header", [
+    ("evil.mha", "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\nElementDataFile = /etc/passwd\n"),
+    ("evil.nrrd", "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: /etc/passwd\n\n"),
+])
+def test_a_header_naming_another_file_for_its_voxels_is_refused(tmp_path, name, header):
+    """On a server that would read whatever file the header names, outside the upload."""
+    path = tmp_path / name
+    path.write_text(header)
+    with pytest.raises(IdealInputError, match="names another file for its voxels"):
+        check_upload(path, UploadLimits())
+
+
+def test_detached_header_formats_are_not_accepted(tmp_path):
+    path = tmp_path / "vol.mhd"
+    path.write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\nElementDataFile = vol.raw\n")
+    with pytest.raises(IdealInputError, match="not an image file of a format accepted here"):
+        check_upload(path, UploadLimits())
