@@ -30,14 +30,14 @@ pytest.importorskip("monailabel", reason="monailabel is not installed (pip insta
 
 from ideal_monai.data.synthetic import write_synthetic_dataset  # noqa: E402
 from ideal_monai.label import make_label_app  # noqa: E402
-from tests.label.test_monailabel_server import SMALL, _free_port, _multipart, _request, _stop, _train  # noqa: E402
+from tests.label.test_monailabel_server import (  # noqa: E402
+    SMALL, _free_port, _multipart, _request, _stop, _train, _wait_until_serving)
 
 pytestmark = [pytest.mark.label, pytest.mark.slow]
 
 HOST = "127.0.0.1"
 VIEWER = "https://viewer.example.org:3000"
 MAX_PENDING = 4
-START_TIMEOUT = 300
 
 
 def _acdc_like(path: Path, image: Path) -> None:
@@ -73,18 +73,7 @@ def safe_server(tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{HOST}:{port}"
     try:
-        deadline = time.time() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"label-server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-5000:]}")
-            try:
-                if _request(f"{url}/info/", timeout=10)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"label-server did not answer in {START_TIMEOUT}s:\n{(root / 'server.log').read_text()[-5000:]}")
-            time.sleep(2)
+        _wait_until_serving(proc, url, root / "server.log", "label-server")
         yield {"url": url, "studies": studies, "root": root}
     finally:
         _stop(proc)

@@ -112,6 +112,22 @@ def _stop_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def _wait_until_serving(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float = START_TIMEOUT) -> None:
+    """Wait until ``GET /info/`` answers 200; fail with the log's tail if the server exits or never answers."""
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-5000:]}")
+        try:
+            if _request(f"{url}/info/", timeout=10)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.time() > deadline:
+            pytest.fail(f"{what} did not answer in {timeout}s:\n{log.read_text()[-5000:]}")
+        time.sleep(2)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("monailabel")
@@ -136,18 +152,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{HOST}:{port}"
     try:
-        deadline = time.time() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-5000:]}")
-            try:
-                if _request(f"{url}/info/", timeout=10)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"MONAI Label server did not answer in {START_TIMEOUT}s:\n{(root / 'server.log').read_text()[-5000:]}")
-            time.sleep(2)
+        _wait_until_serving(proc, url, root / "server.log", "MONAI Label server")
         yield {"url": url, "app": app, "studies": studies, "gt": gt, "log": root / "server.log"}
     finally:
         _stop(proc)
