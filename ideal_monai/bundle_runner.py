@@ -21,6 +21,25 @@ RUN_CONFIGS = {
 }
 
 
+#: The overlay of a run id for several processes (``torchrun``): the ``multi_gpu_*.json`` beside its config.
+MULTI_PROCESS_CONFIGS = {
+    "pretrain": "multi_gpu_pretrain.json",
+    "finetune": "multi_gpu_train.json",
+    "inference": "multi_gpu_inference.json",
+    "function": "multi_gpu_function.json",
+}
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def multi_process_configs(run_id: str) -> list[Path]:
+    """``[<configs>/multi_gpu_<run>.json]`` under ``torchrun``, else ``[]``: the ``extra_configs`` of a command."""
+    return [bundle_dir() / "configs" / MULTI_PROCESS_CONFIGS[run_id]] if under_torchrun() else []
+
+
 def bundle_dir() -> Path:
     """The bundle folder (``configs/``, ``docs/``, ``LICENSE``).
 

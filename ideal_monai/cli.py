@@ -6,10 +6,15 @@
     ideal-monai infer     --dataset_dir IMAGES --output_dir OUT [--bundle_root DIR] [--overwrite]
     ideal-monai evaluate  --prediction_dir PRED --dataset_dir GT --output_dir REPORT
     ideal-monai function  --dataset_dir IMAGES --output_dir REPORT [--bundle_root DIR] [--prediction_dir SEG] [--label_dir GT]
+    ideal-monai status    OUT                       (how far an infer / function run into OUT is, and what failed)
     ideal-monai demo      [--output_dir DIR]
     ideal-monai label-app --output_dir APP [--model_path model.pt] [--overwrite] [--<config key> VALUE ...]
     ideal-monai label-server --app APP --studies IMAGES [--port 8000] [--allow_origin URL] [--max_pending 4]
     ideal-monai bundle    --output_dir DIR [--model_path MODEL.pt or MODELS_DIR]
+
+``infer`` and ``function`` finish what is missing in their output folder (a rerun after a crash does
+only the rest); under ``torchrun --nproc_per_node N`` (``--no-python ideal-monai ...``) the processes
+share the cases out (:mod:`ideal_monai.cohort`).
 
 Errors in the input print one line (``ideal-monai: error: <file>: <problem>``) and exit with
 status 1; ``--debug`` (or ``IDEAL_MONAI_DEBUG=1``) shows the full traceback instead.
@@ -60,15 +65,19 @@ def finetune(dataset_dir: str, bundle_root: str | None = None, **overrides) -> N
 
 
 def infer(dataset_dir: str, output_dir: str, bundle_root: str | None = None, overwrite: bool = False, **overrides) -> None:
-    """Segment a folder (or one file) of short-axis volumes into NIfTI labels (run id ``inference``)."""
-    from .bundle_runner import run_bundle
+    """Segment a folder (or one file) of short-axis volumes into NIfTI labels (run id ``inference``).
+
+    Files segmented before (outputs newer than the input) are kept; ``--overwrite`` redoes them. Under
+    ``torchrun`` the processes share the files out."""
+    from .bundle_runner import multi_process_configs, run_bundle
     from .utils.config_checks import check_config_values
 
     # bool("false") is True: a string would silently overwrite existing predictions.
     check_config_values({"overwrite": overwrite})
     if bundle_root:
         overrides["bundle_root"] = bundle_root
-    run_bundle("inference", dataset_dir=dataset_dir, output_dir=output_dir, overwrite=overwrite, **overrides)
+    run_bundle("inference", extra_configs=multi_process_configs("inference"), dataset_dir=dataset_dir,
+               output_dir=output_dir, overwrite=overwrite, **overrides)
 
 
 def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: bool = True, max_overlays: int = 12) -> None:
@@ -84,12 +93,36 @@ def evaluate(prediction_dir: str, dataset_dir: str, output_dir: str, overlays: b
 
 
 def function(dataset_dir: str, output_dir: str, bundle_root: str | None = None, **overrides) -> None:
-    """Cardiac function (volumes, EF, mass; agreement with ground truth) per patient (run id ``function``)."""
-    from .bundle_runner import run_bundle
+    """Cardiac function (volumes, EF, mass; agreement with ground truth) per patient (run id ``function``).
+
+    Patients computed before are kept (``--overwrite`` redoes them); under ``torchrun`` the processes share
+    the patients out and rank 0 writes the cohort's report."""
+    from .bundle_runner import multi_process_configs, run_bundle
 
     if bundle_root:
         overrides["bundle_root"] = bundle_root
-    run_bundle("function", dataset_dir=dataset_dir, output_dir=output_dir, **overrides)
+    run_bundle("function", extra_configs=multi_process_configs("function"), dataset_dir=dataset_dir,
+               output_dir=output_dir, **overrides)
+
+
+def status(output_dir: str, json: bool = False) -> None:
+    """How far the ``infer`` / ``function`` run writing into ``output_dir`` is: done, failed (with the reason),
+    left. Exits 0 when every case is done, 1 when some failed or are left. ``--json``: the status as JSON."""
+    import json as json_module
+
+    from .cohort import read_status, status_line
+    from .utils.config_checks import check_config_values
+
+    check_config_values({"json": json})
+    state = read_status(output_dir)
+    if json:
+        print(json_module.dumps({k: v for k, v in state.items() if k != "cases"}, indent=1))
+    else:
+        print(status_line(state))
+        for f in state["failures"]:
+            print(f"failed: {f['case_id']}: {f['reason']}")
+    if not state["complete"]:
+        raise SystemExit(1)
 
 
 def demo(output_dir: str = "demo_output", **kwargs) -> None:
@@ -163,7 +196,7 @@ def _print_traceback(exc: BaseException) -> None:
 
 
 COMMANDS = {"synth": synth, "pretrain": pretrain, "finetune": finetune, "infer": infer, "evaluate": evaluate,
-            "function": function, "demo": demo,
+            "function": function, "status": status, "demo": demo,
             "label_app": label_app, "label_server": label_server, "bundle": bundle}  # fire also accepts "label-app"
 
 

@@ -1,7 +1,8 @@
 """Multi-GPU / multi-node training with ``torchrun`` + DistributedDataParallel.
 
 The bundle's override files ``configs/multi_gpu_pretrain.json`` and ``configs/multi_gpu_train.json``
-wire these helpers into ``pretrain.json`` / ``train.json``::
+wire these helpers into ``pretrain.json`` / ``train.json`` (and ``multi_gpu_inference.json`` /
+``multi_gpu_function.json`` share a cohort's cases out, see :mod:`ideal_monai.cohort`)::
 
     torchrun --standalone --nproc_per_node=N -m monai.bundle run finetune \\
         --config_file "['configs/train.json','configs/multi_gpu_train.json']"
@@ -39,7 +40,7 @@ from ignite.engine import Engine, Events
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["setup", "cleanup", "backend", "wrap_ddp", "train_sampler", "eval_sampler", "rank_zero_handlers",
+__all__ = ["setup", "started", "cleanup", "backend", "wrap_ddp", "train_sampler", "eval_sampler", "rank_zero_handlers",
            "ReduceOutput", "dump_shards"]
 
 
@@ -65,6 +66,12 @@ def setup() -> torch.device:
         dist.init_process_group(backend=be, device_id=device if be == "nccl" else None)
         logger.info("process group started: backend %s, rank %d of %d", be, dist.get_rank(), dist.get_world_size())
     return device
+
+
+def started() -> bool:
+    """Start the process group (:func:`setup`) and say whether this process is one of several (``torchrun``)."""
+    setup()
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def cleanup() -> None:

@@ -12,8 +12,10 @@ Per patient (the grouping of :func:`~ideal_monai.data.discover_cases`), in this 
 With ground truth (``_gt`` files beside the images, or ``label_dir``) the same indices are computed
 from the expert labels and compared over all patients (:mod:`ideal_monai.function.agreement`).
 Outputs in ``output_dir``: ``function.csv``, ``function.json``, ``report.md``, ``curves/<patient>.png``
-and, with ground truth, ``agreement.csv``, ``bland_altman.png``, ``scatter.png``. Every file is
-written atomically; a patient that cannot be computed is a row with its reason, never a crash.
+and, with ground truth, ``agreement.csv``, ``bland_altman.png``, ``scatter.png``; per patient
+``patients/<patient>.json`` and the cohort's ``status/`` (a rerun computes only the patients not done;
+under ``torchrun`` the processes share them). Every file is written atomically; a patient that cannot
+be computed is a row with its reason, never a crash.
 
 The run's parts: :mod:`.patients` (the patients and their files), this module (segmentation through the
 bundle's ``inference`` and the computation per patient), :mod:`.report` (the report files) and
@@ -22,14 +24,20 @@ bundle's ``inference`` and the computation per patient), :mod:`.report` (the rep
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..cohort import Cohort, file_sha256, outputs_state
 from ..data.io import load_volume, read_shape, strip_image_suffix
-from ..errors import IdealInputError
+from ..errors import IdealInputError, close_before_errors
+from ..inference import NOT_OUTPUT_SETTINGS
+from ..utils.atomic import atomic_write_text
 from .agreement import agreement_table
 from .clinical import indexed_values, max_wall_thickness_mm, patient_body
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
@@ -40,7 +48,7 @@ from .qc import quality_flags
 from .reference import load_reference_ranges, outside_reference
 from .report import CLINICAL_NAMES, clinical_values, report_units, write_reports
 
-__all__ = ["patient_function", "run_function", "segment_missing"]
+__all__ = ["patient_function", "patient_inputs", "run_function", "segment_missing", "write_cohort_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +181,38 @@ def patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, dens
     return entry
 
 
-def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None) -> None:
-    """Run the bundle's ``inference`` on the images of ``patients`` that have no prediction in ``pred_dir`` yet.
+def patient_images(p: dict) -> list[tuple[Path, Path]]:
+    """``(image, source)`` per image file of a patient: the file inference reads and what the user gave (the
+    file itself, or the DICOM series folder its NIfTI copy was made from: the copy is new at every run)."""
+    images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
+    source = (p.get("dicom") or {}).get("source")
+    return [(im, Path(source) if source else im) for im in images]
 
-    The files are handed to inference as its dataset (``dataset#data``), and inference reports a file
-    that fails without exiting (``exit_on_failure`` False): its patient is then reported as not computed.
+
+def patient_inputs(p: dict, pred_dir: Path, label_dir: Path | None) -> list[Path]:
+    """Every file a patient's result is computed from: images (their sources), reference labels, ``Info.cfg``
+    and segmentations. A result older than any of them is computed again."""
+    inputs = []
+    for image, source in patient_images(p):
+        case_id = strip_image_suffix(image)
+        inputs += [source, pred_dir / f"{case_id}.nii.gz"]
+        reference = label_file(label_dir, case_id) or label_file(image.parent, case_id + "_gt")
+        if reference is not None:
+            inputs.append(reference)
+    inputs += [Path(c["label"]) for c in p["frames"].values() if c.get("label")]
+    if p.get("info") is not None:
+        inputs.append(Path(p["info"]))
+    return inputs
+
+
+def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None,
+                    overwrite: bool = False) -> None:
+    """Run the bundle's ``inference`` on the images of ``patients`` whose segmentation in ``pred_dir`` is
+    missing or older than the image (all of them with ``overwrite``).
+
+    The files are handed to inference as its ``cases``, without a status of their own (the function run
+    keeps the cohort's), and inference reports a file that fails without exiting (``exit_on_failure``
+    False): its patient is then reported as not computed.
     """
     from ..bundle_runner import run_bundle
 
@@ -185,8 +220,8 @@ def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_override
     for p in patients:
         if p.get("error") is not None:
             continue
-        images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
-        todo += [im for im in images if not (pred_dir / f"{strip_image_suffix(im)}.nii.gz").is_file()]
+        todo += [image for image, source in patient_images(p)
+                 if overwrite or outputs_state([source], [pred_dir / f"{strip_image_suffix(image)}.nii.gz"]) != "done"]
     if not todo:
         return
     logger.info("segmenting %d file(s) into %s", len(todo), pred_dir)
@@ -194,8 +229,20 @@ def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_override
     if bundle_root:
         overrides["bundle_root"] = bundle_root
     cases = [{"image": str(im), "case_id": strip_image_suffix(im)} for im in todo]
-    run_bundle("inference", output_dir=str(pred_dir), overwrite=False, exit_on_failure=False,
-               **{"dataset#data": cases}, **overrides)
+    run_bundle("inference", output_dir=str(pred_dir), overwrite=True, exit_on_failure=False, status_dir="",
+               cases=cases, **overrides)
+
+
+def function_fingerprint(pred_dir: Path, segmenting: bool, inference_overrides: Mapping, settings: Mapping) -> dict:
+    """What a function run's results depend on beyond its input files: the model (checksum) and inference
+    settings when it segments, else the prediction folder; and the function ``settings``."""
+    if segmenting:
+        source = {"model_sha256": file_sha256(inference_overrides.get("model_path", "")),
+                  **{k: v for k, v in inference_overrides.items()
+                     if k not in NOT_OUTPUT_SETTINGS and k not in ("model_path", "device")}}
+    else:
+        source = {"prediction_dir": str(pred_dir)}
+    return {"segmentation": source, **settings}
 
 
 def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", label_dir: str = "",
@@ -203,7 +250,8 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
                  ed_frame: int | None = None, es_frame: int | None = None,
                  inference_overrides: Mapping | None = None, bundle_root: str | None = None,
                  exit_on_failure: bool = True, series_uid: str | None = None, height_cm: float | None = None,
-                 weight_kg: float | None = None, sex: str | None = None, reference_ranges: str = "") -> dict:
+                 weight_kg: float | None = None, sex: str | None = None, reference_ranges: str = "",
+                 overwrite: bool = False, distributed: bool = False) -> dict:
     """Segment (unless ``prediction_dir`` holds the labels), compute and report every patient's function.
 
     Args:
@@ -224,12 +272,18 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
             one patient.
         reference_ranges: a JSON file of reference ranges to flag values against (default: the shipped
             guideline cut-offs, :mod:`ideal_monai.function.reference`).
+        overwrite: compute every patient again (segmentations too); by default a patient whose result in
+            ``<output_dir>/patients/`` is newer than all its files is kept (a rerun does only the rest).
+        distributed: share the patients out over the processes of the started group (``torchrun``); rank 0
+            writes the report once every process has finished.
+
+    Each patient's result is written to ``patients/<patient_id>.json`` as it is computed, and its status
+    (done, or failed with the reason) to ``status/`` (:mod:`ideal_monai.cohort`); the report is merged from
+    those files, so one process and several give the same report.
 
     Returns:
-        the report dict written to ``function.json``.
+        the report dict written to ``function.json`` (on rank 0; ``{}`` on the other ranks).
     """
-    from ..errors import print_error
-
     classes = dict(class_labels or ACDC_CLASSES)
     if set(classes) != set(ACDC_CLASSES) or len(set(classes.values())) != 3:
         raise IdealInputError("class_labels", f"needs distinct values for RV, MYO and LV, got {classes!r}")
@@ -256,32 +310,64 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     if sex not in (None, "") and str(sex).strip().upper() not in ("M", "F", "MALE", "FEMALE"):
         raise IdealInputError("sex", f"expected M or F, got {sex!r}")
     ranges = load_reference_ranges(reference_ranges)
-    if prediction_dir:
-        if not pred_dir.is_dir():
-            raise IdealInputError(pred_dir, "prediction folder does not exist")
-    else:
-        segment_missing(patients, pred_dir, inference_overrides or {}, bundle_root)
-
+    if prediction_dir and not pred_dir.is_dir():
+        raise IdealInputError(pred_dir, "prediction folder does not exist")
     ed_es = None if ed_frame is None else (int(ed_frame), int(es_frame))
-    entries = []
-    for p in patients:
+    overrides = dict(inference_overrides or {})
+    settings = {"classes": classes, "myocardial_density": float(myocardial_density), "ed_es": ed_es,
+                "label_dir": str(label_root or ""), "body": body_given, "reference_ranges": ranges}
+    results = out / "patients"
+    cohort = Cohort([{"case_id": p["patient_id"], "inputs": patient_inputs(p, pred_dir, label_root),
+                      "outputs": [results / f"{p['patient_id']}.json"], "patient": p} for p in patients],
+                    status_dir=out / "status", overwrite=overwrite, distributed=distributed,
+                    fingerprint=function_fingerprint(pred_dir, not prediction_dir, overrides, settings),
+                    cleanup_dirs=[] if prediction_dir else [pred_dir, out / "curves"])
+    share = cohort.plan()
+    if not prediction_dir:
+        segment_missing([c["patient"] for c in share], pred_dir, overrides, bundle_root, overwrite)
+
+    bar = tqdm(share, desc="patients", disable=cohort.rank > 0 or None, dynamic_ncols=True)
+    close_before_errors(bar)
+    for case in bar:
+        p, start = case["patient"], time.perf_counter()
         try:
             entry = patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given, ranges)
+            if entry.get("input") == "4D cine" and entry.get("auto"):
+                entry["curve_png"] = f"curves/{entry['patient_id']}.png"
+                plot_volume_curves(entry, out / entry["curve_png"])
+            atomic_write_text(json.dumps(entry, indent=1, default=str) + "\n", results / f"{p['patient_id']}.json")
+            cohort.record(p["patient_id"], "done", seconds=time.perf_counter() - start)
         except IdealInputError as e:
-            entry = {"patient_id": p["patient_id"], "status": "not computed", "reason": str(e)}
-        entries.append(entry)
+            (results / f"{p['patient_id']}.json").unlink(missing_ok=True)  # an earlier result must not stand in
+            cohort.record(p["patient_id"], "failed", str(e), time.perf_counter() - start)
+    bar.close()
+    status = cohort.finish()
+    failed = status["failures"]
+    report = write_cohort_report(out, data, pred_dir, classes, float(myocardial_density), ranges, patients, status) \
+        if cohort.rank == 0 else {}
+    if failed and exit_on_failure:
+        raise SystemExit(1)
+    return report
 
-    out.mkdir(parents=True, exist_ok=True)
-    for e in entries:
-        if e.get("input") == "4D cine" and e.get("auto"):
-            e["curve_png"] = f"curves/{e['patient_id']}.png"
-            plot_volume_curves(e, out / e["curve_png"])
+
+def write_cohort_report(out: Path, data: Path, pred_dir: Path, classes: Mapping[str, int], density: float,
+                        ranges: Sequence[Mapping], patients: Sequence[dict], status: Mapping) -> dict:
+    """The report of every patient, merged from ``patients/<id>.json`` and the cohort's status; print its summary."""
+    from ..errors import print_error
+
+    reasons = {c["case_id"]: c["reason"] or "not computed in this run" for c in status["cases"] if c["status"] != "done"}
+    entries = []
+    for p in patients:
+        pid = p["patient_id"]
+        if pid in reasons:
+            entries.append({"patient_id": pid, "status": "not computed", "reason": reasons[pid]})
+        else:
+            entries.append(json.loads((out / "patients" / f"{pid}.json").read_text(encoding="utf-8")))
     with_ref = [e for e in entries if e.get("auto") and e.get("reference")]
     names = list(INDEX_NAMES)
-    report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": classes,
-              "myocardial_density": myocardial_density, "reference_ranges": ranges, "patients": entries,
-              "agreement": None}
-    units = report_units(next((e.get("unit") for e in entries if e.get("unit")), None), float(myocardial_density))
+    report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": dict(classes),
+              "myocardial_density": density, "reference_ranges": ranges, "patients": entries, "agreement": None}
+    units = report_units(next((e.get("unit") for e in entries if e.get("unit")), None), density)
     if with_ref:
         if len({e["unit"] for e in with_ref}) > 1:
             logger.warning("patients mix mL and voxel units: agreement statistics mix them too")
@@ -295,6 +381,4 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
           f"{out / 'report.md'}")
     for e in failed:
         print_error(f"{e['patient_id']}: not computed: {e['reason']}")
-    if failed and exit_on_failure:
-        raise SystemExit(1)
     return report

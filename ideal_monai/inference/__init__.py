@@ -1,6 +1,8 @@
 """Inference: folder in, NIfTI labels (and optional uncertainty/probabilities) out."""
 
-from .evaluator import SegmentationEvaluator, StreamDisagreement, collate_cases, inference_cases, report_failures
+from .evaluator import (NOT_OUTPUT_SETTINGS, SegmentationEvaluator, StreamDisagreement, case_outputs, collate_cases,
+                        inference_cases, inference_cohort, report_failures)
 from .flip_ensemble import IN_PLANE_FLIPS, FlipEnsembleInferer
 
-__all__ = ["FlipEnsembleInferer", "IN_PLANE_FLIPS", "SegmentationEvaluator", "StreamDisagreement", "collate_cases", "inference_cases", "report_failures"]
+__all__ = ["FlipEnsembleInferer", "IN_PLANE_FLIPS", "NOT_OUTPUT_SETTINGS", "SegmentationEvaluator", "StreamDisagreement",
+           "case_outputs", "collate_cases", "inference_cases", "inference_cohort", "report_failures"]

@@ -2,8 +2,10 @@
 
 Each iteration segments one input file (a 3D volume, or a 4D cine file frame by frame), using the
 bundle's standard ``preprocessing`` / ``inferer`` / ``postprocessing`` components for every 3D
-frame. A file that fails (unreadable, bad values, existing output, disk full...) is recorded in
+frame. A file that fails (unreadable, bad values, disk full...) is recorded in
 ``engine.state.failures`` and the other files still run; nothing partial is ever left behind.
+Which files to segment (the ones not done yet, this process's share under ``torchrun``) is the
+cohort's choice (:class:`~ideal_monai.cohort.Cohort`): :func:`inference_cohort` builds it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -19,7 +22,8 @@ import torch
 from monai.engines import Evaluator
 from monai.transforms import Invertd
 
-from ..errors import IdealInputError, OutputError, debug_enabled, find_input_error, print_error
+from ..cohort import Cohort, file_sha256, status_line
+from ..errors import OutputError, debug_enabled, find_input_error, print_error
 from ..data.discovery import discover_cases
 from ..data.io import read_shape, save_label_like, strip_image_suffix, volume_shape
 from ..networks import stream_disagreement
@@ -32,6 +36,7 @@ def inference_cases(path: str | os.PathLike, series_uid: str | None = None) -> l
     folder, ``series_uid`` choosing where a folder holds several).
 
     Label files are ignored; a 4D cine file (or DICOM cine) stays one case (it is segmented frame by frame).
+    ``source`` is what the user gave: the file, or the DICOM series folder its NIfTI copy was made from.
     """
     cases, seen = [], set()
     for case in discover_cases(path, include_cine=True, series_uid=series_uid or None):
@@ -39,8 +44,39 @@ def inference_cases(path: str | os.PathLike, series_uid: str | None = None) -> l
         if image in seen:
             continue
         seen.add(image)
-        cases.append({"image": image, "case_id": strip_image_suffix(image)})
+        source = (case.get("dicom") or {}).get("source") or image
+        cases.append({"image": image, "case_id": strip_image_suffix(image), "source": str(source)})
     return cases
+
+
+def case_outputs(case_id: str, output_dir: str | os.PathLike, save_uncertainty: bool = False,
+                 save_probabilities: bool = False) -> dict[str, Path]:
+    """The files inference writes for one case: ``{"label": <case_id>.nii.gz[, "uncertainty", "probabilities"]}``."""
+    output_dir = Path(output_dir)
+    paths = {"label": output_dir / f"{case_id}.nii.gz"}
+    if save_uncertainty:
+        paths["uncertainty"] = output_dir / f"{case_id}_uncertainty.nii.gz"
+    if save_probabilities:
+        paths["probabilities"] = output_dir / f"{case_id}_probs.nii.gz"
+    return paths
+
+
+#: Inference settings that do not change what is written (left out of a run's fingerprint).
+NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channels_last", "device")
+
+
+def inference_cohort(cases: Sequence[dict], output_dir: str | os.PathLike, model_path: str | os.PathLike,
+                     settings: dict, status_dir: str | os.PathLike = "", overwrite: bool = False,
+                     save_uncertainty: bool = False, save_probabilities: bool = False,
+                     distributed: bool = False) -> Cohort:
+    """The cohort of an inference run: each case's input (``source``) and outputs, and the run's fingerprint
+    (the model file's SHA-256 and the ``settings`` that change outputs), see :class:`~ideal_monai.cohort.Cohort`."""
+    fingerprint = {"model_sha256": file_sha256(model_path),
+                   **{k: v for k, v in settings.items() if k not in NOT_OUTPUT_SETTINGS}}
+    items = [{**c, "inputs": [c.get("source") or c["image"]],
+              "outputs": list(case_outputs(c["case_id"], output_dir, save_uncertainty, save_probabilities).values())}
+             for c in cases]
+    return Cohort(items, status_dir=status_dir, overwrite=overwrite, fingerprint=fingerprint, distributed=distributed)
 
 
 def collate_cases(batch: list[dict]) -> list[dict]:
@@ -76,8 +112,8 @@ class SegmentationEvaluator(Evaluator):
         postprocessing: turns ``{"pred": (C, P, P, Z) log-probs, "image": ...}`` into a label map
             ``(1, X, Y, Z)`` on the input grid (softmax -> ``Invertd`` -> argmax -> optional
             largest-component clean-up).
-        output_dir: where ``<case_id>.nii.gz`` (uint8 labels 0-3) go.
-        overwrite: replace existing outputs (otherwise such a case fails with a clear message).
+        output_dir: where ``<case_id>.nii.gz`` (uint8 labels 0-3) go, each written atomically (replacing one
+            that is there: the cohort decides which cases to run).
         save_uncertainty: also write ``<case_id>_uncertainty.nii.gz`` (float32 stream disagreement).
         save_probabilities: also write ``<case_id>_probs.nii.gz`` (float32, classes on the last axis).
         val_handlers: Ignite handlers (progress bar, stats).
@@ -92,7 +128,6 @@ class SegmentationEvaluator(Evaluator):
         inferer: Callable,
         postprocessing: Callable,
         output_dir: str | os.PathLike,
-        overwrite: bool = False,
         save_uncertainty: bool = False,
         save_probabilities: bool = False,
         val_handlers: Sequence | None = None,
@@ -105,7 +140,6 @@ class SegmentationEvaluator(Evaluator):
         self.inferer = inferer
         self.case_postprocessing = postprocessing
         self.output_dir = Path(output_dir)
-        self.overwrite = overwrite
         self.save_uncertainty = save_uncertainty
         self.save_probabilities = save_probabilities
         self.state.failures = []
@@ -113,13 +147,7 @@ class SegmentationEvaluator(Evaluator):
         self._invert_linear = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
 
     def output_paths(self, case: dict) -> dict[str, Path]:
-        stem = case["case_id"]
-        paths = {"label": self.output_dir / f"{stem}.nii.gz"}
-        if self.save_uncertainty:
-            paths["uncertainty"] = self.output_dir / f"{stem}_uncertainty.nii.gz"
-        if self.save_probabilities:
-            paths["probabilities"] = self.output_dir / f"{stem}_probs.nii.gz"
-        return paths
+        return case_outputs(case["case_id"], self.output_dir, self.save_uncertainty, self.save_probabilities)
 
     @torch.no_grad()
     def _segment_frame(self, image_path: Path, frame: int | None) -> dict[str, np.ndarray]:
@@ -146,10 +174,6 @@ class SegmentationEvaluator(Evaluator):
         """Segment one file and write its outputs atomically; returns the written paths."""
         image_path = Path(case["image"])
         paths = self.output_paths(case)
-        if not self.overwrite:
-            for p in paths.values():
-                if p.exists():
-                    raise IdealInputError(p, "output already exists (pass overwrite=True / --overwrite to replace it)")
         volume_shape(image_path)  # 2D/5D, zero-length axes, oversized headers: refused before reading pixels
         shape = read_shape(image_path)
         frames = [None] if len(shape) == 3 else list(range(shape[3]))
@@ -161,11 +185,16 @@ class SegmentationEvaluator(Evaluator):
         return paths
 
     def _iteration(self, engine: SegmentationEvaluator, batchdata: list[dict]) -> dict:
+        """Segment the batch's files; ``state.output``: ``{"written": [paths], "cases": [{"case_id", "status"
+        ("done" / "failed"), "reason", "seconds"}]}`` (what :class:`~ideal_monai.handlers.CohortStatus` records)."""
         engine.network.eval()
-        written = []
+        written, results = [], []
         for case in batchdata:
+            start = time.perf_counter()
             try:
                 written.append(engine.segment_case(case))
+                results.append({"case_id": case["case_id"], "status": "done", "reason": "",
+                                "seconds": time.perf_counter() - start})
             except OutputError:
                 raise  # a full disk or an unwritable folder fails every case alike: stop at once
             except Exception as e:  # noqa: BLE001 - one bad file must not end a long unattended run
@@ -178,20 +207,36 @@ class SegmentationEvaluator(Evaluator):
                     text = str(e).strip().splitlines()
                     msg = f"{case['image']}: {type(e).__name__}: {text[0] if text else ''}"
                 engine.state.failures.append({"image": str(case["image"]), "error": msg})
+                results.append({"case_id": case["case_id"], "status": "failed", "reason": msg,
+                                "seconds": time.perf_counter() - start})
                 logger.error("failed: %s", msg, exc_info=debug_enabled())
         engine.state.outputs.extend(written)
-        engine.state.output = {"written": written}
+        engine.state.output = {"written": written, "cases": results}
         return engine.state.output
 
 
-def report_failures(evaluator: SegmentationEvaluator, exit_on_failure: bool = True) -> list[dict]:
-    """Print a one-line summary (and one line per failed file); exit with status 1 if any failed."""
-    failures = evaluator.state.failures
-    total = len(failures) + len(evaluator.state.outputs)
-    print(f"ideal-monai inference: {len(evaluator.state.outputs)} of {total} file(s) segmented into {evaluator.output_dir}",
-          file=sys.stderr)
-    for f in failures:
-        print_error(f["error"])
+def report_failures(evaluator: SegmentationEvaluator, exit_on_failure: bool = True, cohort: Cohort | None = None) -> list[dict]:
+    """Print a one-line summary (and one line per failed file); exit with status 1 if any failed.
+
+    With a ``cohort`` keeping status, the summary is the whole cohort's (every process's, merged at its
+    ``finish``): printed by rank 0, and every process exits 1 when any file of the cohort failed.
+    """
+    status = cohort.finish() if cohort is not None else {}
+    if status:
+        failures = [{"error": f["reason"]} for f in status["failures"]]
+        if cohort.rank == 0:
+            before = len(cohort.done_at_start)
+            print(f"ideal-monai inference: {status['done'] - before} file(s) segmented into {evaluator.output_dir}, "
+                  f"{before} done before, {status['failed']} failed; {status_line(status)}", file=sys.stderr)
+            for f in failures:
+                print_error(f["error"])
+    else:
+        failures = evaluator.state.failures
+        total = len(failures) + len(evaluator.state.outputs)
+        print(f"ideal-monai inference: {len(evaluator.state.outputs)} of {total} file(s) segmented into "
+              f"{evaluator.output_dir}", file=sys.stderr)
+        for f in failures:
+            print_error(f["error"])
     if failures and exit_on_failure:
         sys.exit(1)
     return failures

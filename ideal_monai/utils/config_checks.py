@@ -73,6 +73,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "dicom": "bool",
     "copy_paste": "bool",
     "strong_augmentation": "bool",
+    "json": "bool",
     # counts
     "seed": "count",
     "num_cases": "count",

@@ -100,21 +100,20 @@ def test_corrupt_file_is_reported_and_the_rest_still_runs(bundle_root, tmp_path,
         run_bundle("inference", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), **SMALL)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "broken.nii.gz" in err and "2 of 3 file(s) segmented" in err
-    assert sorted(p.name for p in out.iterdir()) == ["good_a.nii.gz", "good_b.nii.gz"]
+    assert "broken.nii.gz" in err and "3 case(s): 2 done, 1 failed, 0 left" in err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good_a.nii.gz", "good_b.nii.gz"]
 
 
-def test_existing_output_is_not_overwritten_without_flag(bundle_root, tmp_path, capsys):
+def test_existing_up_to_date_output_is_kept_and_overwrite_redoes_it(bundle_root, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     _write(images / "case.nii.gz", (20, 22, 3), np.eye(4))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "case.nii.gz").write_bytes(b"precious")
-    with pytest.raises(SystemExit):
-        run_bundle("inference", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), **SMALL)
+    (out / "case.nii.gz").write_bytes(b"precious")  # newer than the input: counts as done
+    run_bundle("inference", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), **SMALL)
     assert (out / "case.nii.gz").read_bytes() == b"precious"
-    assert "already exists" in capsys.readouterr().err
+    assert "0 file(s) segmented" in capsys.readouterr().err
     run_bundle("inference", bundle_root=str(bundle_root), dataset_dir=str(images), output_dir=str(out), overwrite=True,
                **SMALL)
     assert nib.load(str(out / "case.nii.gz")).shape == (20, 22, 3)
