@@ -146,6 +146,13 @@ class SegmentationEvaluator(Evaluator):
         self.state.outputs = []
         self._invert_linear = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
 
+    def run(self, *args, **kwargs) -> None:
+        """Run over the files; with none left to do (every one done before) return at once, where MONAI's
+        ``Workflow.run`` would warn that an empty loader may hang a distributed run."""
+        if self.data_loader is not None and len(self.data_loader) == 0:
+            return
+        super().run(*args, **kwargs)
+
     def output_paths(self, case: dict) -> dict[str, Path]:
         return case_outputs(case["case_id"], self.output_dir, self.save_uncertainty, self.save_probabilities)
 

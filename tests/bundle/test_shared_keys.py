@@ -17,8 +17,9 @@ RUN_CONFIGS = ["pretrain.json", "train.json", "inference.json", "function.json",
 # (pre-training's is the encoder with its heads; train's and inference's are compared below)
 PER_RUN = {"imports", "initialize", "finalize", "run", "network", "network_def", "output_dir", "prediction_dir",
            "tensorboard_writer", "learning_rate", "max_epochs", "iterations_per_epoch", "checked_settings"}
-# what function hands to inference other than through inference_overrides
-FUNCTION_OWN = {"bundle_root", "ckpt_dir", "dataset_dir", "series_uid"}
+# what function hands to inference other than through inference_overrides (overwrite: the files function
+# chose to segment; distributed: function shares out patients, each process's inference runs alone)
+FUNCTION_OWN = {"bundle_root", "ckpt_dir", "dataset_dir", "series_uid", "overwrite", "distributed"}
 
 
 def _configs() -> dict[str, dict]:
