@@ -52,6 +52,11 @@ __all__ = ["patient_function", "patient_inputs", "run_function", "segment_missin
 
 logger = logging.getLogger(__name__)
 
+#: Patients segmented per inference run: each chunk's patients are then measured and recorded, so the status
+#: follows a long cohort run (and a killed run keeps every finished chunk), while the model is loaded once per
+#: chunk, not per patient.
+PATIENTS_PER_CHUNK = 16
+
 
 def patient_function(labels: Sequence[np.ndarray], frame_ids: Sequence[int], unit: VolumeUnit,
                      classes: Mapping[str, int] = ACDC_CLASSES, ed_es: tuple[int, int] | None = None,
@@ -323,23 +328,27 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
                     fingerprint=function_fingerprint(pred_dir, not prediction_dir, overrides, settings),
                     cleanup_dirs=[] if prediction_dir else [pred_dir, out / "curves"])
     share = cohort.plan()
-    if not prediction_dir:
-        segment_missing([c["patient"] for c in share], pred_dir, overrides, bundle_root, overwrite)
 
-    bar = tqdm(share, desc="patients", disable=cohort.rank > 0 or None, dynamic_ncols=True)
+    bar = tqdm(total=len(share), desc="patients", disable=cohort.rank > 0 or None, dynamic_ncols=True)
     close_before_errors(bar)
-    for case in bar:
-        p, start = case["patient"], time.perf_counter()
-        try:
-            entry = patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given, ranges)
-            if entry.get("input") == "4D cine" and entry.get("auto"):
-                entry["curve_png"] = f"curves/{entry['patient_id']}.png"
-                plot_volume_curves(entry, out / entry["curve_png"])
-            atomic_write_text(json.dumps(entry, indent=1, default=str) + "\n", results / f"{p['patient_id']}.json")
-            cohort.record(p["patient_id"], "done", seconds=time.perf_counter() - start)
-        except IdealInputError as e:
-            (results / f"{p['patient_id']}.json").unlink(missing_ok=True)  # an earlier result must not stand in
-            cohort.record(p["patient_id"], "failed", str(e), time.perf_counter() - start)
+    for first in range(0, len(share), PATIENTS_PER_CHUNK):
+        chunk = share[first:first + PATIENTS_PER_CHUNK]
+        if not prediction_dir:
+            segment_missing([c["patient"] for c in chunk], pred_dir, overrides, bundle_root, overwrite)
+        for case in chunk:
+            p, start = case["patient"], time.perf_counter()
+            try:
+                entry = patient_entry(p, pred_dir, label_root, classes, float(myocardial_density), ed_es, body_given,
+                                      ranges)
+                if entry.get("input") == "4D cine" and entry.get("auto"):
+                    entry["curve_png"] = f"curves/{entry['patient_id']}.png"
+                    plot_volume_curves(entry, out / entry["curve_png"])
+                atomic_write_text(json.dumps(entry, indent=1, default=str) + "\n", results / f"{p['patient_id']}.json")
+                cohort.record(p["patient_id"], "done", seconds=time.perf_counter() - start)
+            except IdealInputError as e:
+                (results / f"{p['patient_id']}.json").unlink(missing_ok=True)  # an earlier result must not stand in
+                cohort.record(p["patient_id"], "failed", str(e), time.perf_counter() - start)
+            bar.update(1)
     bar.close()
     status = cohort.finish()
     failed = status["failures"]

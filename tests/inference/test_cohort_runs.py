@@ -182,3 +182,20 @@ def test_function_two_processes_report_what_one_reports_and_a_rerun_does_only_th
     assert [r["case_id"] for r in _records(tmp_path / "two")] == ["patient003"]
     assert seg.stat().st_mtime_ns == seg_time  # its segmentation was not redone either
     assert json.loads((tmp_path / "two" / "function.json").read_text())["patients"] == one
+
+
+def test_function_records_each_chunk_of_patients_before_segmenting_the_next(cohort, tmp_path, monkeypatch):
+    import ideal_monai.function.workflow as workflow
+
+    monkeypatch.setattr(workflow, "PATIENTS_PER_CHUNK", 2)
+    log = tmp_path / "out" / "status" / "rank0.jsonl"
+    seen, segment = [], workflow.segment_missing
+
+    def watched(patients, *args, **kwargs):
+        seen.append((len(patients), log.read_text().count("\n") if log.is_file() else 0))
+        return segment(patients, *args, **kwargs)
+
+    monkeypatch.setattr(workflow, "segment_missing", watched)
+    run_bundle("function", bundle_root=str(cohort["bundle"]), dataset_dir=str(cohort["data"]),
+               output_dir=str(tmp_path / "out"), **SMALL_OVERRIDES)
+    assert seen == [(2, 0), (2, 2)]  # the first two patients were recorded before the next two were segmented
