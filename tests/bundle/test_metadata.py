@@ -77,6 +77,26 @@ def test_metadata_fields(meta):
     assert not [s for s in strings(meta) if s[:1] in ("$", "@", "%")]
 
 
+#: The oldest Python each numpy minor release supports (numpy's release notes; NEP 29): 2.3 dropped 3.10.
+NUMPY_PYTHON_FLOOR = {(2, 0): (3, 9), (2, 1): (3, 10), (2, 2): (3, 10), (2, 3): (3, 11), (2, 4): (3, 11)}
+
+
+def _python_floor() -> tuple[int, int]:
+    spec = next(line.split("=", 1)[1] for line in (Path(__file__).resolve().parents[2] / "setup.cfg").read_text().splitlines()
+                if line.startswith("python_requires"))
+    major, minor = re.search(r">=\s*(\d+)\.(\d+)", spec).groups()
+    return int(major), int(minor)
+
+
+def test_numpy_pin_installs_on_every_python_the_package_accepts(meta):
+    """The bundle's numpy pin must exist for the oldest Python ``python_requires`` accepts."""
+    numpy_minor = tuple(int(v) for v in meta["numpy_version"].split(".")[:2])
+    assert numpy_minor in NUMPY_PYTHON_FLOOR, f"numpy {meta['numpy_version']}: add its Python floor to this table"
+    assert NUMPY_PYTHON_FLOOR[numpy_minor] <= _python_floor(), (
+        f"metadata.json pins numpy {meta['numpy_version']}, which needs Python >= "
+        f"{'.'.join(map(str, NUMPY_PYTHON_FLOOR[numpy_minor]))}, but setup.cfg accepts Python {_python_floor()}")
+
+
 def test_channel_defs_match_package_and_configs(meta):
     import ideal_monai
 
@@ -190,3 +210,5 @@ def test_readme_commands_and_licence():
     ):
         assert needle in text, needle
     assert "Apache License" in (BUNDLE / "LICENSE").read_text(encoding="utf-8")
+    data_license = (BUNDLE / "docs" / "data_license.txt").read_text(encoding="utf-8")  # the model zoo's place for it
+    assert "non-commercial" in data_license and "10.1109/TMI.2018.2837502" in data_license
