@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import filecmp
+import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigWorkflow
 
 from ideal_monai.bundle_export import export_bundle
 from ideal_monai.bundle_runner import bundle_dir
 from ideal_monai.cli import main
+from ideal_monai.data.synthetic import write_synthetic_dataset
 from ideal_monai.networks import DualDecoderUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,3 +127,56 @@ def test_incomplete_bundle_folder_is_refused(tmp_path, monkeypatch, capsys):
     err = _fails(capsys, "--output_dir", str(tmp_path / "out"))
     assert str(tmp_path / "partial") in err and "lacks docs, LICENSE" in err
     assert not (tmp_path / "out").exists()
+
+
+SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+
+
+def _monai_bundle(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path, run_models):
+    """What the model zoo's ``ci/verify_bundle.py`` checks, with MONAI's own functions, on the exported copy:
+    the directory, version and changelog, metadata against the schema, network input/output, TorchScript export
+    equal to the eager network, and the inference workflow's required properties."""
+    bundle = tmp_path / "ideal_bundle"
+    export_bundle(bundle, model_path=run_models)
+    meta_file, inference = bundle / "configs" / "metadata.json", bundle / "configs" / "inference.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["version"] in meta["changelog"]
+    assert (bundle / "models" / "model.pt").is_file() and (bundle / "docs" / "data_license.txt").is_file()
+    if SCHEMA.is_file():
+        schema = tmp_path / SCHEMA.name
+        shutil.copyfile(SCHEMA, schema)
+        out = _monai_bundle(["verify_metadata", "--meta_file", str(meta_file), "--filepath", str(schema)], tmp_path)
+        assert "metadata is verified with no error" in out and "skipped downloading" in out
+    out = _monai_bundle(["verify_net_in_out", "network_def", "--meta_file", str(meta_file), "--config_file",
+                         str(inference), "--bundle_root", str(bundle), "--device", "cpu"], tmp_path)
+    assert "data shape of network is verified with no error" in out
+    ts_file = bundle / "models" / "verify_model.ts"
+    _monai_bundle(["ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file",
+                   str(bundle / "models" / "model.pt"), "--meta_file", str(meta_file), "--config_file", str(inference),
+                   "--bundle_root", str(bundle)], tmp_path)
+    eager = DualDecoderUNet()
+    eager.load_state_dict(torch.load(run_models / "model.pt", weights_only=True))
+    x = torch.rand(1, 1, 96, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(ts_file)).eval()(x), eager.eval()(x), atol=1e-5, rtol=0)
+
+    images = tmp_path / "images"
+    write_synthetic_dataset(images, num_cases=1, seed=0)
+    root = logging.getLogger()  # ConfigWorkflow applies logging.conf to the root logger: undo it afterwards
+    handlers, level = root.handlers[:], root.level
+    try:
+        wf = ConfigWorkflow(config_file=str(inference), meta_file=str(meta_file),
+                            logging_file=str(bundle / "configs" / "logging.conf"), workflow_type="infer",
+                            bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(tmp_path / "out"))
+        wf.initialize()
+        assert wf.check_properties() == []
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
