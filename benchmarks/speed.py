@@ -570,7 +570,7 @@ def _inference_comparison(cfg, volumes, workdir, log) -> tuple[list[Comparison],
     evaluators = {
         s: SegmentationEvaluator(device=torch.device("cpu"), val_data_loader=[], network=nets[s],
                                  preprocessing=preprocessing, inferer=inferer, postprocessing=postprocessing,
-                                 output_dir=workdir / f"pred_{s}stream", overwrite=True)
+                                 output_dir=workdir / f"pred_{s}stream")
         for s in (2, 1)
     }
     cases = [{"image": img, "case_id": img.name.replace(".nii.gz", "")} for img, _ in volumes]
