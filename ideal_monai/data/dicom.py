@@ -34,7 +34,8 @@ import numpy as np
 
 from ..errors import IdealInputError
 
-__all__ = ["DicomSeries", "is_dicom_file", "dicom_files", "read_dicom_series", "dicom_series_as_nifti", "write_dicom_series"]
+__all__ = ["DicomSeries", "is_dicom_file", "dicom_files", "read_dicom_series", "dicom_series_as_nifti",
+           "release_nifti_copy", "series_case_id", "write_dicom_series"]
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +308,22 @@ def _cache_dir() -> Path:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "series"
+
+
+def series_case_id(folder: str | os.PathLike) -> str:
+    """The case id of a DICOM series folder: the name of its NIfTI copy (and of the label files written for it)."""
+    return _safe_name(Path(folder).name)
+
+
+def release_nifti_copy(path: str | os.PathLike) -> None:
+    """Delete a NIfTI copy made by :func:`dicom_series_as_nifti` once it is no longer needed (a cohort run over
+    thousands of series must not keep them all in the temporary folder); a later call converts the series anew."""
+    path = Path(path)
+    with _CACHE_LOCK:
+        for key in [k for k, (target, _) in _CONVERTED.items() if target == path]:
+            del _CONVERTED[key]
+        if _CACHE_DIR is not None and _CACHE_DIR in path.parents:
+            path.unlink(missing_ok=True)
 
 
 def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: str | None = None,

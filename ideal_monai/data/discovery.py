@@ -29,7 +29,7 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 
 from ..errors import IdealInputError
-from .dicom import dicom_files, dicom_series_as_nifti, is_dicom_file
+from .dicom import dicom_files, dicom_series_as_nifti, is_dicom_file, series_case_id
 from .io import image_suffix, read_shape, strip_image_suffix
 
 _ACDC_FRAME = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)$")
@@ -63,9 +63,15 @@ def _cine_cases(path: Path, patient_id: str) -> list[dict]:
     ]
 
 
-def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None, files: list[Path] | None = None) -> list[dict]:
+def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None, files: list[Path] | None = None,
+                 convert: bool = True) -> list[dict]:
     """The case(s) of the DICOM series in ``folder``: one volume, or a cine's frames (see :func:`_cine_cases`).
-    ``files``: the folder's DICOM files when already listed."""
+    ``files``: the folder's DICOM files when already listed. ``convert`` False: one case naming the folder
+    (``dicom_folder``), read later by whoever processes it."""
+    if not convert:
+        case_id = series_case_id(folder)
+        return [{"image": folder, "case_id": case_id, "patient_id": case_id, "dicom_folder": folder,
+                 "series_uid": series_uid}]
     path, info = dicom_series_as_nifti(folder, folder.name, series_uid, files)
     patient = strip_image_suffix(path)
     if len(read_shape(path)) == 4:
@@ -170,12 +176,17 @@ def _images_tr(root: Path) -> list[dict]:
     return cases
 
 
-def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series_uid: str | None = None) -> list[dict]:
+def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series_uid: str | None = None,
+                   convert_dicom: bool = True) -> list[dict]:
     """List the cases under ``root`` (see the module docstring for layouts).
 
     Args:
         include_cine: expand 4D cine files (and DICOM cine series) into one case per frame; False skips them.
         series_uid: the DICOM SeriesInstanceUID to read where a folder holds several series.
+        convert_dicom: read every DICOM series into its NIfTI copy now. False lists each series folder as one
+            case ``{"image": folder, "case_id", "patient_id", "dicom_folder": folder, "series_uid"}`` without
+            reading it (a cohort of thousands of series: reading them all before the first is segmented would
+            take hours and fill the temporary folder); its errors then come when it is read.
 
     Raises:
         IdealInputError: the folder is missing or empty, a listed file is missing, two cases
@@ -197,12 +208,12 @@ def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if any(is_dicom_file(p) for p in root.iterdir() if p.is_file()):  # the folder is one DICOM series
             subdirs = []
-            cases += _dicom_cases(root, include_cine, series_uid)
+            cases += _dicom_cases(root, include_cine, series_uid, convert=convert_dicom)
         for sub in subdirs:  # ACDC: one folder per patient; or a DICOM series per patient folder
             found = _plain_folder(sub, include_cine)
             if not found:
                 files = dicom_files(sub)
-                found = _dicom_cases(sub, include_cine, series_uid, files) if files else []
+                found = _dicom_cases(sub, include_cine, series_uid, files, convert_dicom) if files else []
             cases += found
         cases += _plain_folder(root, include_cine)
     if not cases:

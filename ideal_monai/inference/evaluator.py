@@ -24,6 +24,7 @@ from monai.transforms import Invertd
 
 from ..cohort import Cohort, file_sha256, status_line
 from ..errors import OutputError, debug_enabled, find_input_error, print_error
+from ..data.dicom import dicom_series_as_nifti, release_nifti_copy
 from ..data.discovery import discover_cases
 from ..data.io import read_shape, save_label_like, strip_image_suffix, volume_shape
 from ..networks import stream_disagreement
@@ -36,16 +37,21 @@ def inference_cases(path: str | os.PathLike, series_uid: str | None = None) -> l
     folder, ``series_uid`` choosing where a folder holds several).
 
     Label files are ignored; a 4D cine file (or DICOM cine) stays one case (it is segmented frame by frame).
-    ``source`` is what the user gave: the file, or the DICOM series folder its NIfTI copy was made from.
+    ``source`` is what the user gave: the file, or the DICOM series folder. A DICOM series is listed, not read:
+    :meth:`SegmentationEvaluator.segment_case` reads it when it comes to it (``dicom_folder``), so a cohort
+    of thousands of series starts at once and a bad series fails alone.
     """
     cases, seen = [], set()
-    for case in discover_cases(path, include_cine=True, series_uid=series_uid or None):
+    for case in discover_cases(path, include_cine=True, series_uid=series_uid or None, convert_dicom=False):
         image = Path(case["image"])
         if image in seen:
             continue
         seen.add(image)
-        source = (case.get("dicom") or {}).get("source") or image
-        cases.append({"image": image, "case_id": strip_image_suffix(image), "source": str(source)})
+        entry = {"image": image, "case_id": case["case_id"] if "dicom_folder" in case else strip_image_suffix(image),
+                 "source": str(image)}
+        if "dicom_folder" in case:
+            entry.update(dicom_folder=str(case["dicom_folder"]), series_uid=case.get("series_uid"))
+        cases.append(entry)
     return cases
 
 
@@ -178,7 +184,14 @@ class SegmentationEvaluator(Evaluator):
         return out
 
     def segment_case(self, case: dict) -> dict[str, Path]:
-        """Segment one file and write its outputs atomically; returns the written paths."""
+        """Segment one file (a DICOM series: its NIfTI copy, made now and deleted after) and write its outputs
+        atomically; returns the written paths."""
+        if case.get("dicom_folder"):
+            image_path, _ = dicom_series_as_nifti(case["dicom_folder"], case["case_id"], case.get("series_uid"))
+            try:
+                return self.segment_case({**case, "image": image_path, "dicom_folder": None})
+            finally:
+                release_nifti_copy(image_path)
         image_path = Path(case["image"])
         paths = self.output_paths(case)
         volume_shape(image_path)  # 2D/5D, zero-length axes, oversized headers: refused before reading pixels

@@ -250,3 +250,32 @@ def test_bad_series_on_the_command_line_is_one_line_exit_1_no_output(phantom_dic
         assert len(err) == 1 and str(folder) in err[0] and message in err[0], (name, err)
         assert not out.exists() or not any(out.rglob("*.nii.gz")), name  # no partial output
         assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == digest  # input untouched
+
+
+def _dicom_copies() -> set:
+    import tempfile
+    from pathlib import Path
+
+    return set(Path(tempfile.gettempdir()).glob("ideal_monai_dicom_*/*/*.nii.gz"))
+
+
+def test_inference_reads_each_series_when_it_gets_to_it_and_a_bad_one_fails_alone(phantom_dicom, small_model, tmp_path,
+                                                                                     capsys):
+    """A cohort of DICOM series: listed without reading them (a bad series no longer stops the run before it
+    starts), each read when segmented and its NIfTI copy deleted afterwards (thousands would fill /tmp)."""
+    from ideal_monai.cli import main
+
+    folder, _, _ = phantom_dicom
+    cohort = tmp_path / "cohort"
+    for name in ("p1", "p3"):
+        shutil.copytree(folder, cohort / name)
+    _small_series(cohort / "p2", tags={"0008|0060": "CT"})
+    before = _dicom_copies()
+    argv = ["infer", "--dataset_dir", str(cohort), "--output_dir", str(tmp_path / "out"), "--model_path",
+            str(small_model), "--features", "[4, 8, 8, 8, 8]", "--patch_size", "[32, 32]"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "3 case(s): 2 done, 1 failed, 0 left" in err and f"{cohort / 'p2'}" in err and "is not MR" in err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["p1.nii.gz", "p3.nii.gz"]
+    assert nib.load(str(tmp_path / "out" / "p1.nii.gz")).shape == phantom_dicom[1].cine.shape
+    assert _dicom_copies() <= before, "the NIfTI copies of the segmented series must be deleted"
