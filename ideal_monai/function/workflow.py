@@ -42,7 +42,8 @@ from .agreement import agreement_table
 from .clinical import indexed_values, max_wall_thickness_mm, patient_body
 from .indices import (ACDC_CLASSES, INDEX_NAMES, MYOCARDIAL_DENSITY, VolumeUnit, cardiac_indices, class_volumes,
                       find_ed_es, volume_unit)
-from .patients import function_patients, label_file, label_frames, read_info_cfg
+from .patients import (function_patients, label_file, label_frames, read_info_cfg, read_patient_series,
+                       release_patient_series)
 from .plots import plot_agreement, plot_volume_curves
 from .qc import quality_flags
 from .reference import load_reference_ranges, outside_reference
@@ -186,22 +187,23 @@ def patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, dens
     return entry
 
 
-def patient_images(p: dict) -> list[tuple[Path, Path]]:
-    """``(image, source)`` per image file of a patient: the file inference reads and what the user gave (the
-    file itself, or the DICOM series folder its NIfTI copy was made from: the copy is new at every run)."""
+def patient_images(p: dict) -> list[tuple[str, Path]]:
+    """``(case id, source)`` per image of a patient: the name of its segmentation, and what the user gave (the
+    file itself, or the DICOM series folder: its NIfTI copy is new at every run)."""
+    if p.get("dicom_folder") is not None:
+        return [(p["patient_id"], Path(p["dicom_folder"]))]
     images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
-    source = (p.get("dicom") or {}).get("source")
-    return [(im, Path(source) if source else im) for im in images]
+    return [(strip_image_suffix(im), im) for im in images]
 
 
 def patient_inputs(p: dict, pred_dir: Path, label_dir: Path | None) -> list[Path]:
     """Every file a patient's result is computed from: images (their sources), reference labels, ``Info.cfg``
     and segmentations. A result older than any of them is computed again."""
     inputs = []
-    for image, source in patient_images(p):
-        case_id = strip_image_suffix(image)
+    for case_id, source in patient_images(p):
         inputs += [source, pred_dir / f"{case_id}.nii.gz"]
-        reference = label_file(label_dir, case_id) or label_file(image.parent, case_id + "_gt")
+        reference = label_file(label_dir, case_id) or (None if source.is_dir() else
+                                                        label_file(source.parent, case_id + "_gt"))
         if reference is not None:
             inputs.append(reference)
     inputs += [Path(c["label"]) for c in p["frames"].values() if c.get("label")]
@@ -225,8 +227,10 @@ def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_override
     for p in patients:
         if p.get("error") is not None:
             continue
-        todo += [image for image, source in patient_images(p)
-                 if overwrite or outputs_state([source], [pred_dir / f"{strip_image_suffix(image)}.nii.gz"]) != "done"]
+        sources = dict(patient_images(p))
+        images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
+        todo += [im for im in images if overwrite or outputs_state(
+            [sources.get(strip_image_suffix(im), im)], [pred_dir / f"{strip_image_suffix(im)}.nii.gz"]) != "done"]
     if not todo:
         return
     logger.info("segmenting %d file(s) into %s", len(todo), pred_dir)
@@ -333,6 +337,8 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     close_before_errors(bar)
     for first in range(0, len(share), PATIENTS_PER_CHUNK):
         chunk = share[first:first + PATIENTS_PER_CHUNK]
+        for case in chunk:
+            read_patient_series(case["patient"])
         if not prediction_dir:
             segment_missing([c["patient"] for c in chunk], pred_dir, overrides, bundle_root, overwrite)
         for case in chunk:
@@ -348,6 +354,7 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
             except IdealInputError as e:
                 (results / f"{p['patient_id']}.json").unlink(missing_ok=True)  # an earlier result must not stand in
                 cohort.record(p["patient_id"], "failed", str(e), time.perf_counter() - start)
+            release_patient_series(p)
             bar.update(1)
     bar.close()
     status = cohort.finish()

@@ -259,23 +259,30 @@ def _dicom_copies() -> set:
     return set(Path(tempfile.gettempdir()).glob("ideal_monai_dicom_*/*/*.nii.gz"))
 
 
-def test_inference_reads_each_series_when_it_gets_to_it_and_a_bad_one_fails_alone(phantom_dicom, small_model, tmp_path,
-                                                                                     capsys):
+@pytest.mark.parametrize("command", ["infer", "function"])
+def test_each_series_is_read_when_the_run_gets_to_it_and_a_bad_one_fails_alone(phantom_dicom, small_model, tmp_path,
+                                                                               capsys, command):
     """A cohort of DICOM series: listed without reading them (a bad series no longer stops the run before it
     starts), each read when segmented and its NIfTI copy deleted afterwards (thousands would fill /tmp)."""
     from ideal_monai.cli import main
 
-    folder, _, _ = phantom_dicom
+    folder, case, _ = phantom_dicom
     cohort = tmp_path / "cohort"
     for name in ("p1", "p3"):
         shutil.copytree(folder, cohort / name)
     _small_series(cohort / "p2", tags={"0008|0060": "CT"})
     before = _dicom_copies()
-    argv = ["infer", "--dataset_dir", str(cohort), "--output_dir", str(tmp_path / "out"), "--model_path",
+    out = tmp_path / "out"
+    argv = [command, "--dataset_dir", str(cohort), "--output_dir", str(out), "--model_path",
             str(small_model), "--features", "[4, 8, 8, 8, 8]", "--patch_size", "[32, 32]"]
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "3 case(s): 2 done, 1 failed, 0 left" in err and f"{cohort / 'p2'}" in err and "is not MR" in err
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["p1.nii.gz", "p3.nii.gz"]
-    assert nib.load(str(tmp_path / "out" / "p1.nii.gz")).shape == phantom_dicom[1].cine.shape
+    captured = capsys.readouterr()
+    assert f"{cohort / 'p2'}" in captured.err and "is not MR" in captured.err
+    segmentations = out if command == "infer" else out / "segmentations"
+    assert sorted(p.name for p in segmentations.glob("*.nii.gz")) == ["p1.nii.gz", "p3.nii.gz"]
+    assert nib.load(str(segmentations / "p1.nii.gz")).shape == case.cine.shape
+    if command == "infer":
+        assert "3 case(s): 2 done, 1 failed, 0 left" in captured.err
+    else:
+        assert "2 of 3 patient(s) computed" in captured.out
     assert _dicom_copies() <= before, "the NIfTI copies of the segmented series must be deleted"
