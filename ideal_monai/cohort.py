@@ -36,6 +36,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from .errors import IdealInputError, OutputError
@@ -102,12 +103,10 @@ def _log_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _barrier(distributed: bool) -> None:
-    if distributed:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+#: How long a process waits at the end of a cohort for the others (a rank with the longer cases finishes
+#: hours later on a large cohort); the default process-group timeout (10 min for NCCL) would abort it.
+#: A process that dies is not waited for: torchrun stops the others.
+COHORT_TIMEOUT = timedelta(days=7)
 
 
 class Cohort:
@@ -116,13 +115,17 @@ class Cohort:
     Args:
         cases: every case of the cohort in the same order on every process:
             ``{"case_id": str, "inputs": [paths], "outputs": [paths], ...}`` (other keys are kept).
-        status_dir: where the status files go; ``""`` keeps no status (every case is done again, as
-            when another run already decided what this one must do).
+        status_dir: where the status files go; ``""`` keeps no status, checks no fingerprint and carries
+            nothing over (for a run another one has already planned, e.g. ``function``'s inference).
         overwrite: redo every case (and accept a different fingerprint).
         fingerprint: what makes the outputs (model checksum, settings), JSON-serialisable.
         distributed: share the cases out over the ranks of the started process group (``torchrun``).
-        cleanup_dirs: more folders the cases write into (intermediate files), cleared of the temporaries of
-            an interrupted run at the start, as the outputs' folders are.
+        cleanup_dirs: more folders the cases write into (intermediate files): cleared of the temporaries of
+            an interrupted run at the start, and a run of another fingerprint is refused while they hold files.
+
+    With several processes, rank 0 decides (scans the outputs, checks the fingerprint, writes the plan) and
+    sends the decision to the others, so every process works from one view of a shared file system; the few
+    collective calls go through a gloo group of their own with :data:`COHORT_TIMEOUT`.
     """
 
     def __init__(self, cases: Sequence[Mapping], status_dir: str | os.PathLike = "", overwrite: bool = False,
@@ -142,33 +145,52 @@ class Cohort:
         self.run_id = ""
         self.done_at_start: list[str] = []
         self.share: list[dict] = []
+        self._group = None
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo", timeout=COHORT_TIMEOUT)
+
+    # --- collective calls (no-ops in one process) -----------------------------------------------------------
+    def barrier(self) -> None:
+        """Wait for every process of the cohort."""
+        if self._group is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self._group)
+
+    def _from_rank0(self, obj):
+        """Rank 0's ``obj`` on every process."""
+        if self._group is None:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self._group)
+        return box[0]
 
     # --- planning -------------------------------------------------------------------------------------
     def plan(self) -> list[dict]:
-        """Decide what is left, record the plan (rank 0), and return this process's share of it.
+        """Decide what is left, record the plan, and return this process's share of it.
 
-        Every process scans the outputs before any process writes (a barrier follows the scan), so all
-        agree on the work list; the share is every ``world_size``-th case of it from ``rank`` on.
+        Rank 0 decides (see the class docstring) before any process writes; the share is every
+        ``world_size``-th case of the work list from ``rank`` on.
 
         Raises:
-            IdealInputError: the folder holds outputs made with another fingerprint (and not ``overwrite``).
+            IdealInputError: the folder holds outputs made with another fingerprint (and not ``overwrite``), on
+                every process.
         """
-        states = {c["case_id"]: ("missing" if self.overwrite else outputs_state(c["inputs"], c["outputs"]))
-                  for c in self.cases}
-        self.done_at_start = [c["case_id"] for c in self.cases if states[c["case_id"]] == "done"]
-        if self.status_dir is not None:
-            self._check_fingerprint(any(s != "missing" for s in states.values()))
-        if self.status_dir is not None and self.rank == 0:
-            for folder in sorted({Path(o).parent for c in self.cases for o in c["outputs"]} | set(self.cleanup_dirs)):
-                for stale in remove_stale_temporaries(folder):  # left by a killed run; nobody writes yet
-                    logger.info("removed %s (left by an interrupted run)", stale)
-        _barrier(self.distributed)  # every process has scanned (and rank 0 cleaned) before anything is written
-        if self.status_dir is not None:
-            if self.rank == 0:
-                self._write_plan()
-            _barrier(self.distributed)
-            self.run_id = json.loads((self.status_dir / "plan.json").read_text(encoding="utf-8"))["run_id"]
-        todo = [c for c in self.cases if states[c["case_id"]] != "done"]
+        decision = None
+        if self.rank == 0:
+            try:
+                decision = self._decide()
+            except IdealInputError as e:
+                decision = e
+        decision = self._from_rank0(decision)
+        if isinstance(decision, IdealInputError):
+            raise decision
+        self.run_id, self.done_at_start = decision["run_id"], decision["done_at_start"]
+        todo = [c for c in self.cases if c["case_id"] in set(decision["todo"])]
         self.share = todo[self.rank::self.world_size]
         if self.cases:
             logger.info("cohort of %d: %d done before, %d to do; this process (%d of %d) takes %d",
@@ -176,25 +198,55 @@ class Cohort:
                         len(self.share))
         return self.share
 
-    def _check_fingerprint(self, outputs_exist: bool) -> None:
+    def _decide(self) -> dict:
+        """Rank 0: ``{"run_id", "todo", "done_at_start"}`` from the outputs on disk and the previous plan; writes
+        the new plan and removes an interrupted run's temporaries."""
+        states = {c["case_id"]: ("missing" if self.overwrite else outputs_state(c["inputs"], c["outputs"]))
+                  for c in self.cases}
+        earlier = self._earlier_plan() if self.status_dir is not None else {}
+        if self.status_dir is not None and not self.overwrite:
+            self._check_fingerprint(earlier, any(s != "missing" for s in states.values()))
+        # Cases an interrupted overwrite (or a failed case of it) left to redo: their outputs may be newer than
+        # their inputs and still come from before it.
+        carried = set(earlier.get("redo", [])) - self._done_in(earlier) if earlier else set()
+        todo = [cid for cid, state in states.items() if state != "done" or cid in carried]
+        done_at_start = [cid for cid in states if cid not in set(todo)]
+        run_id = ""
+        if self.status_dir is not None:
+            for folder in sorted({Path(o).parent for c in self.cases for o in c["outputs"]} | set(self.cleanup_dirs)):
+                for stale in remove_stale_temporaries(folder):  # left by a killed run; nobody writes yet
+                    logger.info("removed %s (left by an interrupted run)", stale)
+            run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            redo = sorted(set(todo) if self.overwrite else carried & set(todo))
+            plan = {"run_id": run_id, "fingerprint": self.fingerprint, "world_size": self.world_size,
+                    "started": time.time(), "cases": [c["case_id"] for c in self.cases],
+                    "done_at_start": done_at_start, "redo": redo}
+            atomic_write_text(json.dumps(plan) + "\n", self.status_dir / "plan.json")
+        return {"run_id": run_id, "todo": todo, "done_at_start": done_at_start}
+
+    def _earlier_plan(self) -> dict:
         plan_file = self.status_dir / "plan.json"
-        if self.overwrite or not outputs_exist or not plan_file.is_file():
-            return
+        if not plan_file.is_file():
+            return {}
         try:
-            earlier = json.loads(plan_file.read_text(encoding="utf-8")).get("fingerprint")
+            return json.loads(plan_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise IdealInputError(plan_file, f"cannot be read ({e}): pass --overwrite to redo the cohort") from None
-        if earlier is not None and earlier != self.fingerprint:
-            changed = sorted(k for k in set(earlier) | set(self.fingerprint) if earlier.get(k) != self.fingerprint.get(k))
-            raise IdealInputError(self.status_dir.parent, "holds outputs made with another model or settings "
-                                  f"({', '.join(changed)} differ from {plan_file.name}): pass --overwrite to redo "
-                                  "them, or write to another folder")
 
-    def _write_plan(self) -> None:
-        plan = {"run_id": f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}", "fingerprint": self.fingerprint,
-                "world_size": self.world_size, "started": time.time(),
-                "cases": [c["case_id"] for c in self.cases], "done_at_start": self.done_at_start}
-        atomic_write_text(json.dumps(plan) + "\n", self.status_dir / "plan.json")
+    def _done_in(self, plan: Mapping) -> set[str]:
+        """The cases recorded done in the run of ``plan``."""
+        return {cid for cid, rec in _records(self.status_dir, plan.get("run_id", "")).items() if rec["status"] == "done"}
+
+    def _check_fingerprint(self, earlier: Mapping, outputs_exist: bool) -> None:
+        intermediate = any(f.is_file() for d in self.cleanup_dirs if d.is_dir() for f in d.iterdir())
+        if not earlier or not (outputs_exist or intermediate):
+            return
+        before = earlier.get("fingerprint")
+        if before is not None and before != self.fingerprint:
+            changed = sorted(k for k in set(before) | set(self.fingerprint) if before.get(k) != self.fingerprint.get(k))
+            raise IdealInputError(self.status_dir.parent, "holds outputs made with another model or settings "
+                                  f"({', '.join(changed)} differ from plan.json): pass --overwrite to redo "
+                                  "them, or write to another folder")
 
     # --- records --------------------------------------------------------------------------------------
     def record(self, case_id: str, status: str, reason: str = "", seconds: float | None = None) -> None:
@@ -218,15 +270,15 @@ class Cohort:
             raise OutputError(path, f"cannot write the status: {e.strerror or e}") from e
 
     def finish(self) -> dict:
-        """Wait for every process, write the merged status (rank 0) and return it (on every process)."""
-        _barrier(self.distributed)
-        if self.status_dir is None:
-            return {}
-        status = read_status(self.status_dir.parent)
-        if self.rank == 0:
+        """Wait for every process; rank 0 merges and writes the status, every process gets it (``{}`` without a
+        status). Rank 0 then writes what it merges (a report) and every process calls :meth:`barrier` before it
+        exits: torchrun stops all processes as soon as one exits with an error."""
+        self.barrier()
+        status = {}
+        if self.status_dir is not None and self.rank == 0:
+            status = read_status(self.status_dir.parent)
             write_status(self.status_dir, status)
-        _barrier(self.distributed)
-        return status
+        return self._from_rank0(status)
 
 
 def _records(status_dir: Path, run_id: str) -> dict[str, dict]:

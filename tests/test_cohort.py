@@ -127,3 +127,29 @@ def test_no_status_dir_writes_nothing_and_plans_all_with_overwrite(tmp_path):
 def test_status_of_a_folder_without_a_run_is_a_one_line_error(tmp_path):
     with pytest.raises(IdealInputError, match="holds no cohort run"):
         read_status(tmp_path)
+
+
+def test_an_interrupted_overwrite_is_finished_by_the_next_run_not_taken_as_done(tmp_path):
+    cases = _cases(tmp_path, 3)
+    status_dir = tmp_path / "out" / "status"
+    for cid in ("c0", "c1", "c2"):  # model A's outputs, newer than the inputs
+        _touch(tmp_path / "out" / f"{cid}.nii.gz", time.time())
+    redo = Cohort(cases, status_dir, overwrite=True, fingerprint={"model_sha256": "B"})
+    assert len(redo.plan()) == 3
+    redo.record("c0", "done")  # then the run was killed (or c1, c2 failed): their files are still model A's
+    again = Cohort(cases, status_dir, fingerprint={"model_sha256": "B"})
+    assert [c["case_id"] for c in again.plan()] == ["c1", "c2"]
+    again.record("c1", "done")
+    third = Cohort(cases, status_dir, fingerprint={"model_sha256": "B"})
+    assert [c["case_id"] for c in third.plan()] == ["c2"]
+    assert read_status(tmp_path / "out")["done"] == 2
+
+
+def test_another_model_is_refused_where_only_intermediate_files_exist(tmp_path):
+    """``function`` killed after segmenting, before any patient's result: its segmentations are model A's."""
+    cases = _cases(tmp_path, 2)
+    status_dir, segmentations = tmp_path / "out" / "status", tmp_path / "out" / "segmentations"
+    Cohort(cases, status_dir, fingerprint={"model_sha256": "A"}, cleanup_dirs=[segmentations]).plan()
+    _touch(segmentations / "c0.nii.gz", time.time())
+    with pytest.raises(IdealInputError, match="another model or settings"):
+        Cohort(cases, status_dir, fingerprint={"model_sha256": "B"}, cleanup_dirs=[segmentations]).plan()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import itertools
 import locale
 import logging
 import os
@@ -296,6 +297,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None,
 _CACHE_LOCK = threading.Lock()
 _CACHE_DIR: Path | None = None
 _CONVERTED: dict[tuple, tuple[Path, dict]] = {}
+_COPY_NUMBERS = itertools.count()
 
 
 def _cache_dir() -> Path:
@@ -343,7 +345,7 @@ def dicom_series_as_nifti(folder: str | os.PathLike, case_id: str, series_uid: s
             return _CONVERTED[key]
         series = read_dicom_series(folder, series_uid, files)
         cine = series.array.ndim == 4
-        target_dir = _cache_dir() / str(len(_CONVERTED))
+        target_dir = _cache_dir() / str(next(_COPY_NUMBERS))  # never reused, also after release_nifti_copy
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / f"{_safe_name(case_id)}.nii.gz"
         img = nib.Nifti1Image(series.array, series.affine)

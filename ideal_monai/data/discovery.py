@@ -83,7 +83,12 @@ def _dicom_cases(folder: Path, include_cine: bool, series_uid: str | None, files
     return cases
 
 
-def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
+def _cine_file_case(path: Path, patient_id: str) -> dict:
+    """A 4D cine file as one case, not read (``cine_file``): its reader checks it, and a bad file fails alone."""
+    return {"image": path, "case_id": strip_image_suffix(path), "patient_id": patient_id, "cine_file": True}
+
+
+def _plain_folder(folder: Path, include_cine: bool, read_cine_frames: bool = True) -> list[dict]:
     names = _by_stem(_image_files(folder))
     cases = []
     for stem, path in names.items():
@@ -92,7 +97,8 @@ def _plain_folder(folder: Path, include_cine: bool) -> list[dict]:
         frame_match, cine_match = _ACDC_FRAME.match(stem), _CINE.match(stem)
         if cine_match:
             if include_cine:
-                cases += _cine_cases(path, cine_match["patient"])
+                cases += (_cine_cases(path, cine_match["patient"]) if read_cine_frames
+                          else [_cine_file_case(path, cine_match["patient"])])
             continue
         patient = frame_match["patient"] if frame_match else stem
         case = {"image": path, "case_id": stem, "patient_id": patient}
@@ -177,7 +183,7 @@ def _images_tr(root: Path) -> list[dict]:
 
 
 def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series_uid: str | None = None,
-                   convert_dicom: bool = True) -> list[dict]:
+                   convert_dicom: bool = True, read_cine_frames: bool = True) -> list[dict]:
     """List the cases under ``root`` (see the module docstring for layouts).
 
     Args:
@@ -187,6 +193,9 @@ def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series
             case ``{"image": folder, "case_id", "patient_id", "dicom_folder": folder, "series_uid"}`` without
             reading it (a cohort of thousands of series: reading them all before the first is segmented would
             take hours and fill the temporary folder); its errors then come when it is read.
+        read_cine_frames: with ``include_cine``, read each 4D cine file's header now and list its frames.
+            False lists the file as one case ``{"image", "case_id", "patient_id", "cine_file": True}`` without
+            reading it, for a caller that reads it whole (a bad file then fails alone, not the listing).
 
     Raises:
         IdealInputError: the folder is missing or empty, a listed file is missing, two cases
@@ -210,12 +219,12 @@ def discover_cases(root: str | os.PathLike, *, include_cine: bool = True, series
             subdirs = []
             cases += _dicom_cases(root, include_cine, series_uid, convert=convert_dicom)
         for sub in subdirs:  # ACDC: one folder per patient; or a DICOM series per patient folder
-            found = _plain_folder(sub, include_cine)
+            found = _plain_folder(sub, include_cine, read_cine_frames)
             if not found:
                 files = dicom_files(sub)
                 found = _dicom_cases(sub, include_cine, series_uid, files, convert_dicom) if files else []
             cases += found
-        cases += _plain_folder(root, include_cine)
+        cases += _plain_folder(root, include_cine, read_cine_frames)
     if not cases:
         raise IdealInputError(root, "contains no images (.nii, .nii.gz, .mha, .nrrd, or a DICOM series) in a known layout")
     seen: dict[str, Path] = {}

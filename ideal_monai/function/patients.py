@@ -4,7 +4,8 @@ A patient is the grouping of :func:`~ideal_monai.data.discover_cases` (one ACDC 
 series, one 4D file); its ED/ES frames come from ``_frameYY`` names and ACDC's ``Info.cfg``. A DICOM
 series is listed, not read (``dicom_folder``): :func:`read_patient_series` reads it when the run gets to
 the patient and :func:`release_patient_series` deletes its NIfTI copy after, so a cohort of thousands of
-series starts at once, keeps one copy per process at a time, and a bad series fails its patient alone.
+series starts at once, keeps the copies of one chunk of patients per process, and a bad series fails its
+patient alone.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def function_patients(dataset_dir: str | Path, series_uid: str | None = None) ->
     discovered case dict (``image``, optional ``label``).
     """
     patients: dict[str, dict] = {}
-    for case in discover_cases(dataset_dir, include_cine=True, series_uid=series_uid or None, convert_dicom=False):
+    for case in discover_cases(dataset_dir, include_cine=True, series_uid=series_uid or None, convert_dicom=False,
+                               read_cine_frames=False):
         pid = case["patient_id"]
         p = patients.setdefault(pid, {"patient_id": pid, "cine": None, "frames": {}, "info": None, "dicom": None,
                                       "dicom_folder": None, "series_uid": None, "error": None})
@@ -68,7 +70,7 @@ def function_patients(dataset_dir: str | Path, series_uid: str | None = None) ->
             p["dicom_folder"], p["series_uid"] = Path(case["dicom_folder"]), case.get("series_uid")
             continue
         image = Path(case["image"])
-        if "frame" in case:  # one frame of a 4D cine file
+        if case.get("cine_file"):  # a 4D cine file, read (and checked) when the patient is computed
             p["cine"] = image
             continue
         try:

@@ -116,6 +116,8 @@ def patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, dens
     if p["cine"] is not None:
         image = Path(p["cine"])
         shape = read_shape(image)
+        if len(shape) != 4:
+            raise IdealInputError(image, f"named as a 4D cine file but has shape {tuple(shape)}")
         if shape[3] < 2:
             raise IdealInputError(image, f"is a 4D cine with {shape[3]} frame: ED and ES need at least two")
         case_id = strip_image_suffix(image)
@@ -215,7 +217,8 @@ def patient_inputs(p: dict, pred_dir: Path, label_dir: Path | None) -> list[Path
 def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_overrides: Mapping, bundle_root: str | None,
                     overwrite: bool = False) -> None:
     """Run the bundle's ``inference`` on the images of ``patients`` whose segmentation in ``pred_dir`` is
-    missing or older than the image (all of them with ``overwrite``).
+    missing or older than the image (all of them with ``overwrite``); an older one is deleted first, so a
+    failed segmentation leaves none, and the patient is reported as not computed.
 
     The files are handed to inference as its ``cases``, without a status of their own (the function run
     keeps the cohort's), and inference reports a file that fails without exiting (``exit_on_failure``
@@ -233,6 +236,8 @@ def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_override
             [sources.get(strip_image_suffix(im), im)], [pred_dir / f"{strip_image_suffix(im)}.nii.gz"]) != "done"]
     if not todo:
         return
+    for image in todo:  # a stale one must not stand in for a new one that fails
+        (pred_dir / f"{strip_image_suffix(image)}.nii.gz").unlink(missing_ok=True)
     logger.info("segmenting %d file(s) into %s", len(todo), pred_dir)
     overrides = dict(inference_overrides)
     if bundle_root:
@@ -250,7 +255,7 @@ def function_fingerprint(pred_dir: Path, segmenting: bool, inference_overrides: 
                   **{k: v for k, v in inference_overrides.items()
                      if k not in NOT_OUTPUT_SETTINGS and k not in ("model_path", "device")}}
     else:
-        source = {"prediction_dir": str(pred_dir)}
+        source = {"prediction_dir": str(pred_dir.resolve())}
     return {"segmentation": source, **settings}
 
 
@@ -361,6 +366,7 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     failed = status["failures"]
     report = write_cohort_report(out, data, pred_dir, classes, float(myocardial_density), ranges, patients, status) \
         if cohort.rank == 0 else {}
+    cohort.barrier()  # no process exits (torchrun would stop the others) before rank 0 has written the report
     if failed and exit_on_failure:
         raise SystemExit(1)
     return report

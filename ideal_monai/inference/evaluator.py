@@ -39,10 +39,11 @@ def inference_cases(path: str | os.PathLike, series_uid: str | None = None) -> l
     Label files are ignored; a 4D cine file (or DICOM cine) stays one case (it is segmented frame by frame).
     ``source`` is what the user gave: the file, or the DICOM series folder. A DICOM series is listed, not read:
     :meth:`SegmentationEvaluator.segment_case` reads it when it comes to it (``dicom_folder``), so a cohort
-    of thousands of series starts at once and a bad series fails alone.
+    of thousands of series starts at once and a bad series fails alone (so does a bad 4D file: listed unread).
     """
     cases, seen = [], set()
-    for case in discover_cases(path, include_cine=True, series_uid=series_uid or None, convert_dicom=False):
+    for case in discover_cases(path, include_cine=True, series_uid=series_uid or None, convert_dicom=False,
+                               read_cine_frames=False):
         image = Path(case["image"])
         if image in seen:
             continue
@@ -68,7 +69,8 @@ def case_outputs(case_id: str, output_dir: str | os.PathLike, save_uncertainty: 
 
 
 #: Inference settings that do not change what is written (left out of a run's fingerprint).
-NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channels_last", "device")
+NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channels_last", "device",
+                       "save_uncertainty", "save_probabilities")  # adding a map later makes cases partial: redone
 
 
 def inference_cohort(cases: Sequence[dict], output_dir: str | os.PathLike, model_path: str | os.PathLike,
@@ -250,6 +252,7 @@ def report_failures(evaluator: SegmentationEvaluator, exit_on_failure: bool = Tr
                   f"{before} done before, {status['failed']} failed; {status_line(status)}", file=sys.stderr)
             for f in failures:
                 print_error(f["error"])
+        cohort.barrier()  # no process exits (torchrun would stop the others) before rank 0 has printed
     else:
         failures = evaluator.state.failures
         total = len(failures) + len(evaluator.state.outputs)

@@ -161,25 +161,36 @@ def test_a_replaced_scan_is_segmented_again_and_another_model_is_refused(cohort,
 
 
 def test_function_two_processes_report_what_one_reports_and_a_rerun_does_only_the_rest(cohort, tmp_path):
-    def function(nproc, out, expect=0):
-        return _run(nproc, "function", "--dataset_dir", str(cohort["data"]), "--output_dir", str(out), "--bundle_root",
-                    str(cohort["bundle"]), *SMALL, expect=expect)
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(cohort["data"], data)
+    (data / "patient005").mkdir()  # a patient whose scan cannot be read: it fails alone, in either run
+    (data / "patient005" / "patient005_4d.nii.gz").write_bytes(b"\x1f\x8b\x08not really gzip")
+
+    def function(nproc, out):
+        return _run(nproc, "function", "--dataset_dir", str(data), "--output_dir", str(out), "--bundle_root",
+                    str(cohort["bundle"]), *SMALL, expect=1)
 
     function(1, tmp_path / "one")
+    # with a failed patient, the report is still written before any process exits (torchrun stops them all
+    # as soon as one exits with an error)
     function(2, tmp_path / "two")
     assert (tmp_path / "one" / "function.csv").read_text() == (tmp_path / "two" / "function.csv").read_text()
     one = json.loads((tmp_path / "one" / "function.json").read_text())["patients"]
     two = json.loads((tmp_path / "two" / "function.json").read_text())["patients"]
-    assert one == two and [e["status"] for e in one] == ["ok"] * 4
-    assert sorted(r["case_id"] for r in _records(tmp_path / "two")) == [f"patient00{i}" for i in range(1, 5)]
+    assert one == two and [e["status"] for e in one] == ["ok"] * 4 + ["not computed"]
+    assert sorted(r["case_id"] for r in _records(tmp_path / "two")) == [f"patient00{i}" for i in range(1, 6)]
 
-    # one patient's result lost (as if its process had been killed before writing it): only it is computed again
+    # one patient's result lost (as if its process had been killed before writing it): only it and the failed
+    # one are computed again
     (tmp_path / "two" / "patients" / "patient003.json").unlink()
     seg = tmp_path / "two" / "segmentations" / "patient001_4d.nii.gz"
     seg_time = seg.stat().st_mtime_ns
-    run_bundle("function", bundle_root=str(cohort["bundle"]), dataset_dir=str(cohort["data"]),
-               output_dir=str(tmp_path / "two"), **SMALL_OVERRIDES)
-    assert [r["case_id"] for r in _records(tmp_path / "two")] == ["patient003"]
+    with pytest.raises(SystemExit):
+        run_bundle("function", bundle_root=str(cohort["bundle"]), dataset_dir=str(data),
+                   output_dir=str(tmp_path / "two"), **SMALL_OVERRIDES)
+    assert sorted(r["case_id"] for r in _records(tmp_path / "two")) == ["patient003", "patient005"]
     assert seg.stat().st_mtime_ns == seg_time  # its segmentation was not redone either
     assert json.loads((tmp_path / "two" / "function.json").read_text())["patients"] == one
 
