@@ -69,7 +69,7 @@ def case_outputs(case_id: str, output_dir: str | os.PathLike, save_uncertainty: 
 
 
 #: Inference settings that do not change what is written (left out of a run's fingerprint).
-NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channels_last", "device",
+NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channels_last", "device", "distributed",
                        "save_uncertainty", "save_probabilities")  # adding a map later makes cases partial: redone
 
 

@@ -74,6 +74,7 @@ CONFIG_VALUE_KINDS: dict[str, str | tuple] = {
     "copy_paste": "bool",
     "strong_augmentation": "bool",
     "json": "bool",
+    "distributed": "bool",
     # counts
     "seed": "count",
     "num_cases": "count",
