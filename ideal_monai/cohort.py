@@ -11,11 +11,14 @@ files and its output files. Its outputs are
 
 Outputs made with another model or other settings are never mixed into a folder silently: the run's
 ``fingerprint`` (the model file's checksum and the settings that change outputs) is kept in the plan,
-and a later run with a different one is refused unless it redoes everything (``overwrite``).
+and a later run with a different one is refused unless it redoes everything (``overwrite``); the cases
+an interrupted ``overwrite`` run did not redo are carried to the next run (``redo`` in the plan), since
+their old outputs look done.
 
 Files, under ``status_dir`` (``<output folder>/status``)::
 
-    plan.json           the cohort: run id, fingerprint, every case id in order, which were done at the start
+    plan.json           the cohort: run id, fingerprint, every case id in order, which were done at the start,
+                        which must be redone whatever their files' times say
     rank<R>.jsonl       one line per case process R finished: done, or failed with its one-line reason
     status.json         merged: counts (done / failed / left of total) and the failures; rewritten atomically
     status.csv          one row per case: case_id, status, reason, seconds
@@ -42,12 +45,10 @@ from pathlib import Path
 from .errors import IdealInputError, OutputError
 from .utils.atomic import atomic_write_text, remove_stale_temporaries
 
-__all__ = ["Cohort", "file_sha256", "input_mtime", "outputs_state", "read_status", "write_status"]
+__all__ = ["COHORT_TIMEOUT", "Cohort", "file_sha256", "input_mtime", "outputs_state", "read_status", "status_line",
+           "write_status"]
 
 logger = logging.getLogger(__name__)
-
-STATUS_FILES = ("plan.json", "status.json", "status.csv")
-
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file (a model's checksum in a run's fingerprint); ``""`` when it does not exist."""
