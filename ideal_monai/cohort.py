@@ -191,7 +191,8 @@ class Cohort:
         if isinstance(decision, IdealInputError):
             raise decision
         self.run_id, self.done_at_start = decision["run_id"], decision["done_at_start"]
-        todo = [c for c in self.cases if c["case_id"] in set(decision["todo"])]
+        todo_ids = set(decision["todo"])
+        todo = [c for c in self.cases if c["case_id"] in todo_ids]
         self.share = todo[self.rank::self.world_size]
         if self.cases:
             logger.info("cohort of %d: %d done before, %d to do; this process (%d of %d) takes %d",
@@ -211,14 +212,15 @@ class Cohort:
         # their inputs and still come from before it.
         carried = set(earlier.get("redo", [])) - self._done_in(earlier) if earlier else set()
         todo = [cid for cid, state in states.items() if state != "done" or cid in carried]
-        done_at_start = [cid for cid in states if cid not in set(todo)]
+        todo_ids = set(todo)
+        done_at_start = [cid for cid in states if cid not in todo_ids]
         run_id = ""
         if self.status_dir is not None:
             for folder in sorted({Path(o).parent for c in self.cases for o in c["outputs"]} | set(self.cleanup_dirs)):
                 for stale in remove_stale_temporaries(folder):  # left by a killed run; nobody writes yet
                     logger.info("removed %s (left by an interrupted run)", stale)
             run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-            redo = sorted(set(todo) if self.overwrite else carried & set(todo))
+            redo = sorted(todo_ids if self.overwrite else carried & todo_ids)
             plan = {"run_id": run_id, "fingerprint": self.fingerprint, "world_size": self.world_size,
                     "started": time.time(), "cases": [c["case_id"] for c in self.cases],
                     "done_at_start": done_at_start, "redo": redo}

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cohort import Cohort, file_sha256, outputs_state
+from ..cohort import Cohort, outputs_state
 from ..data.io import load_volume, read_shape, strip_image_suffix
 from ..errors import IdealInputError, close_before_errors
-from ..inference import NOT_OUTPUT_SETTINGS
+from ..inference import inference_fingerprint
 from ..utils.atomic import atomic_write_text
 from .agreement import agreement_table
 from .clinical import indexed_values, max_wall_thickness_mm, patient_body
@@ -189,13 +189,17 @@ def patient_entry(p: dict, pred_dir: Path, label_dir: Path | None, classes, dens
     return entry
 
 
+def _image_files(p: dict) -> list[Path]:
+    """The image files of a patient as read (its 4D cine, or its frames)."""
+    return [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
+
+
 def patient_images(p: dict) -> list[tuple[str, Path]]:
     """``(case id, source)`` per image of a patient: the name of its segmentation, and what the user gave (the
     file itself, or the DICOM series folder: its NIfTI copy is new at every run)."""
     if p.get("dicom_folder") is not None:
         return [(p["patient_id"], Path(p["dicom_folder"]))]
-    images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
-    return [(strip_image_suffix(im), im) for im in images]
+    return [(strip_image_suffix(im), im) for im in _image_files(p)]
 
 
 def patient_inputs(p: dict, pred_dir: Path, label_dir: Path | None) -> list[Path]:
@@ -231,8 +235,7 @@ def segment_missing(patients: Sequence[dict], pred_dir: Path, inference_override
         if p.get("error") is not None:
             continue
         sources = dict(patient_images(p))
-        images = [Path(p["cine"])] if p["cine"] is not None else [Path(c["image"]) for c in p["frames"].values()]
-        todo += [im for im in images if overwrite or outputs_state(
+        todo += [im for im in _image_files(p) if overwrite or outputs_state(
             [sources.get(strip_image_suffix(im), im)], [pred_dir / f"{strip_image_suffix(im)}.nii.gz"]) != "done"]
     if not todo:
         return
@@ -251,9 +254,7 @@ def function_fingerprint(pred_dir: Path, segmenting: bool, inference_overrides: 
     """What a function run's results depend on beyond its input files: the model (checksum) and inference
     settings when it segments, else the prediction folder; and the function ``settings``."""
     if segmenting:
-        source = {"model_sha256": file_sha256(inference_overrides.get("model_path", "")),
-                  **{k: v for k, v in inference_overrides.items()
-                     if k not in NOT_OUTPUT_SETTINGS and k not in ("model_path", "device")}}
+        source = inference_fingerprint(inference_overrides.get("model_path", ""), dict(inference_overrides))
     else:
         source = {"prediction_dir": str(pred_dir.resolve())}
     return {"segmentation": source, **settings}

@@ -73,14 +73,20 @@ NOT_OUTPUT_SETTINGS = ("overwrite", "exit_on_failure", "sw_batch_size", "channel
                        "save_uncertainty", "save_probabilities")  # adding a map later makes cases partial: redone
 
 
+def inference_fingerprint(model_path: str | os.PathLike, settings: dict) -> dict:
+    """What an inference run's outputs depend on beyond the input files: the model file's SHA-256 and the
+    ``settings`` that change outputs (``model_path`` itself and :data:`NOT_OUTPUT_SETTINGS` left out)."""
+    return {"model_sha256": file_sha256(model_path),
+            **{k: v for k, v in settings.items() if k not in NOT_OUTPUT_SETTINGS and k != "model_path"}}
+
+
 def inference_cohort(cases: Sequence[dict], output_dir: str | os.PathLike, model_path: str | os.PathLike,
                      settings: dict, status_dir: str | os.PathLike = "", overwrite: bool = False,
                      save_uncertainty: bool = False, save_probabilities: bool = False,
                      distributed: bool = False) -> Cohort:
     """The cohort of an inference run: each case's input (``source``) and outputs, and the run's fingerprint
     (the model file's SHA-256 and the ``settings`` that change outputs), see :class:`~ideal_monai.cohort.Cohort`."""
-    fingerprint = {"model_sha256": file_sha256(model_path),
-                   **{k: v for k, v in settings.items() if k not in NOT_OUTPUT_SETTINGS}}
+    fingerprint = inference_fingerprint(model_path, settings)
     items = [{**c, "inputs": [c.get("source") or c["image"]],
               "outputs": list(case_outputs(c["case_id"], output_dir, save_uncertainty, save_probabilities).values())}
              for c in cases]
