@@ -13,4 +13,4 @@ __all__ = ["IdealInputError", "CLASS_NAMES", "NUM_CLASSES", "__version__"]
 
 # Subpackages are imported eagerly so bundle configs can write ``$ideal_monai.data....`` after a
 # plain ``$import ideal_monai``.
-from . import cohort, data, engines, evaluation, function, handlers, inference, losses, networks, transforms, utils  # noqa: E402,F401
+from . import cohort, data, engines, evaluation, function, handlers, inference, losses, networks, release, transforms, utils  # noqa: E402,F401

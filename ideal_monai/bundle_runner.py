@@ -6,6 +6,7 @@ The command line (``ideal-monai pretrain|finetune|infer``) and the demo call
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -97,3 +98,53 @@ def run_bundle(run_id: str, extra_configs: list[str | os.PathLike] = (), trackin
     if tracking:
         kwargs["tracking"] = tracking
     run(run_id=run_id, config_file=configs if len(configs) > 1 else configs[0], **kwargs, **overrides)
+
+
+#: The run configs whose top-level values a copy of the bundle sets (a model's settings, the label app's overrides).
+VALUE_CONFIGS = ("train.json", "inference.json", "function.json")
+
+
+def _parse_value(value):
+    """Command-line values arrive as Python objects from fire; strings that look like JSON lists are parsed."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def write_config_values(configs_dir: str | os.PathLike, values: dict) -> None:
+    """Set top-level values in a bundle copy's ``train.json`` / ``inference.json`` / ``function.json``.
+
+    Each key must be a plain (non-dict) top-level value of at least one of them; ``patch_size`` also sets the
+    ``spatial_shape`` of ``metadata.json``'s network inputs and outputs. Used on copies only (an exported
+    bundle, a MONAI Label app): the repository's configs are never rewritten.
+
+    Raises:
+        IdealInputError: a key is not such a value in any of the configs (nothing is written).
+    """
+    configs_dir = Path(configs_dir)
+    files = {n: configs_dir / n for n in VALUE_CONFIGS if (configs_dir / n).is_file()}
+    configs = {n: json.loads(p.read_text()) for n, p in files.items()}
+    for key, value in values.items():
+        value = _parse_value(value)
+        hit = False
+        for cfg in configs.values():
+            if key in cfg and not isinstance(cfg[key], dict):
+                cfg[key] = value
+                hit = True
+        if not hit:
+            raise IdealInputError(key, f"not a top-level value key of {' or '.join(files)}")
+    for n, p in files.items():
+        p.write_text(json.dumps(configs[n], indent=4) + "\n")
+    if "patch_size" in values:
+        meta_path = configs_dir / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        fmt = meta["network_data_format"]
+        for section in ("inputs", "outputs"):
+            for item in fmt[section].values():
+                item["spatial_shape"] = list(_parse_value(values["patch_size"]))
+        meta_path.write_text(json.dumps(meta, indent=4) + "\n")

@@ -170,9 +170,12 @@ def bundle(output_dir: str, model_path: str | None = None) -> None:
     """Write a standalone copy of the bundle (configs, docs, LICENSE, models/model.pt) in the model-zoo layout."""
     from .bundle_export import export_bundle
 
+    from .release import model_label, shipped_model_file
+
     out = export_bundle(output_dir, model_path=model_path)
-    weights = "" if model_path else " (no models/model.pt: train it with 'finetune', or pass --model_path)"
-    print(f"bundle written to {out}{weights}; run it with:\n"
+    weights = model_label(shipped_model_file()) + ", the shipped model" if model_path is None else model_label(
+        f"{out}/models/model.pt")
+    print(f"bundle written to {out} (models/model.pt: {weights}); run it with:\n"
           f"  python -m monai.bundle run inference --config_file {out}/configs/inference.json --bundle_root {out} "
           f"--dataset_dir <images> --output_dir <predictions>")
 

@@ -31,7 +31,6 @@ so under several nodes the output folder must be on a file system they all mount
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -44,23 +43,12 @@ from pathlib import Path
 
 from .errors import IdealInputError, OutputError
 from .utils.atomic import atomic_write_text, remove_stale_temporaries
+from .utils.checksums import file_sha256
 
-__all__ = ["COHORT_TIMEOUT", "Cohort", "file_sha256", "input_mtime", "outputs_state", "read_status", "status_line",
+__all__ = ["COHORT_TIMEOUT", "Cohort", "input_mtime", "outputs_state", "read_status", "status_line",
            "write_status"]
 
 logger = logging.getLogger(__name__)
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file (a model's checksum in a run's fingerprint); ``""`` when it does not exist."""
-    path = Path(path)
-    if not path.is_file():
-        return ""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def input_mtime(paths: Sequence[str | os.PathLike]) -> float:
     """The newest modification time of the existing ``paths`` (a folder: of the files in it, e.g. a DICOM series)."""

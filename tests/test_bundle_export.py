@@ -20,6 +20,7 @@ from ideal_monai.bundle_runner import bundle_dir
 from ideal_monai.cli import main
 from ideal_monai.data.synthetic import write_synthetic_dataset
 from ideal_monai.networks import DualDecoderUNet
+from ideal_monai.release import release_card, shipped_encoder_file, shipped_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,15 +45,27 @@ def test_root_license_is_the_bundle_license():
     assert "Apache License" in (REPO / "LICENSE").read_text()
 
 
-def test_export_without_model_is_configs_docs_license(tmp_path, capsys):
+def test_export_without_model_holds_the_shipped_model_at_its_own_geometry(tmp_path, capsys):
+    """No ``--model_path``: the shipped model, its settings written into the copy's configs (so the copy segments
+    at the geometry it was trained at and trains a network of its shape), its card's scores in ``eval_metrics``."""
     out = tmp_path / "ideal_bundle"
     assert main(["bundle", "--output_dir", str(out)]) == 0
-    assert "no models/model.pt" in capsys.readouterr().out
+    card = release_card()
+    assert f"{card['name']} {card['version']}, the shipped model" in capsys.readouterr().out
     src = bundle_dir()
     expected = {f for f in _tree(src) if f.split("/")[0] in ("configs", "docs", "LICENSE")}
     assert {"LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md"} <= expected
-    assert _tree(out) == expected
-    assert all(filecmp.cmp(src / f, out / f, shallow=False) for f in expected)
+    assert _tree(out) == expected | {"models/model.pt", "models/model_settings.json", "large_files.yml"}
+    assert (out / "models" / "model.pt").read_bytes() == shipped_model_file().read_bytes()
+    settings = card["settings"]
+    for config in ("train.json", "inference.json", "function.json"):
+        values = json.loads((out / "configs" / config).read_text())
+        assert {k: values[k] for k in settings if k in values} == {k: v for k, v in settings.items() if k in values}
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == settings["patch_size"]
+    assert {k: v for k, v in meta["eval_metrics"].items() if k != "note"} == card["eval_metrics"]
+    unchanged = expected - {f"configs/{n}" for n in ("train.json", "inference.json", "function.json", "metadata.json")}
+    assert all(filecmp.cmp(src / f, out / f, shallow=False) for f in unchanged)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ideal_bundle"]  # no temporary folder left
 
 
@@ -64,9 +77,11 @@ def test_export_with_model_writes_models_model_pt(tmp_path, run_models, given):
     export_bundle(out, model_path=source)
     # inference.json loads <bundle_root>/models/model.pt; a models/ folder gives its best-validation model.pt.
     expected = run_models / ("model.pt" if given == "models_dir" else "model_final.pt")
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt"]  # no settings recorded beside it
     assert (out / "models" / "model.pt").read_bytes() == expected.read_bytes()
-    assert (out / "configs" / "inference.json").is_file()
+    assert json.loads((out / "configs" / "inference.json").read_text()) == json.loads(
+        (bundle_dir() / "configs" / "inference.json").read_text())
+    assert "not recorded" in json.loads((out / "configs" / "metadata.json").read_text())["eval_metrics"]["note"]
 
 
 def _fails(capsys, *args) -> str:
@@ -117,7 +132,7 @@ def test_export_into_the_current_empty_folder(tmp_path, monkeypatch):
     here.mkdir()
     monkeypatch.chdir(here)
     export_bundle(".")
-    assert {"LICENSE", "configs", "docs"} == {p.name for p in here.iterdir()}
+    assert {"LICENSE", "configs", "docs", "models", "large_files.yml"} == {p.name for p in here.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
 
 
@@ -139,12 +154,13 @@ def _monai_bundle(args: list[str], cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path, run_models):
-    """What the model zoo's ``ci/verify_bundle.py`` checks, with MONAI's own functions, on the exported copy:
-    the directory, version and changelog, metadata against the schema, network input/output, TorchScript export
-    equal to the eager network, and the inference workflow's required properties."""
+def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path):
+    """What the model zoo's ``ci/verify_bundle.py`` checks, with MONAI's own functions, on the exported copy
+    (the shipped model in it): the directory, version and changelog, metadata against the schema, the large
+    files' hashes, network input/output, TorchScript export equal to the eager network, and the inference
+    workflow's required properties."""
     bundle = tmp_path / "ideal_bundle"
-    export_bundle(bundle, model_path=run_models)
+    export_bundle(bundle)
     meta_file, inference = bundle / "configs" / "metadata.json", bundle / "configs" / "inference.json"
     meta = json.loads(meta_file.read_text())
     assert meta["version"] in meta["changelog"]
@@ -154,6 +170,8 @@ def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path, 
         shutil.copyfile(SCHEMA, schema)
         out = _monai_bundle(["verify_metadata", "--meta_file", str(meta_file), "--filepath", str(schema)], tmp_path)
         assert "metadata is verified with no error" in out and "skipped downloading" in out
+    out = _monai_bundle(["download_large_files", "--bundle_path", str(bundle)], tmp_path)
+    assert "skipped downloading" in out  # models/model.pt is there and its SHA-256 is the listed one
     out = _monai_bundle(["verify_net_in_out", "network_def", "--meta_file", str(meta_file), "--config_file",
                          str(inference), "--bundle_root", str(bundle), "--device", "cpu"], tmp_path)
     assert "data shape of network is verified with no error" in out
@@ -161,14 +179,15 @@ def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path, 
     _monai_bundle(["ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file",
                    str(bundle / "models" / "model.pt"), "--meta_file", str(meta_file), "--config_file", str(inference),
                    "--bundle_root", str(bundle)], tmp_path)
-    eager = DualDecoderUNet()
-    eager.load_state_dict(torch.load(run_models / "model.pt", weights_only=True))
+    settings = release_card()["settings"]
+    eager = DualDecoderUNet(features=settings["features"], decoder_width=settings["decoder_width"])
+    eager.load_state_dict(torch.load(shipped_model_file(), weights_only=True))
     x = torch.rand(1, 1, 96, 80)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(ts_file)).eval()(x), eager.eval()(x), atol=1e-5, rtol=0)
 
     images = tmp_path / "images"
-    write_synthetic_dataset(images, num_cases=1, seed=0)
+    write_synthetic_dataset(images, num_cases=3, seed=0)
     root = logging.getLogger()  # ConfigWorkflow applies logging.conf to the root logger: undo it afterwards
     handlers, level = root.handlers[:], root.level
     try:
@@ -177,6 +196,17 @@ def test_exported_bundle_passes_the_model_zoo_checks_that_run_offline(tmp_path, 
                             bundle_root=str(bundle), dataset_dir=str(images), output_dir=str(tmp_path / "out"))
         wf.initialize()
         assert wf.check_properties() == []
+        # fine-tuning in the copy starts from the shipped encoder (no pretrain ran there) and records its settings
+        (bundle / "models" / "model_settings.json").unlink()
+        wf = ConfigWorkflow(config_file=str(bundle / "configs" / "train.json"), meta_file=str(meta_file),
+                            logging_file=str(bundle / "configs" / "logging.conf"), workflow_type="train",
+                            bundle_root=str(bundle), dataset_dir=str(images), num_labeled=1, num_val=1, cache_rate=0.0)
+        wf.initialize()
+        assert wf.check_properties() == []
+        assert json.loads((bundle / "models" / "model_settings.json").read_text()) == settings
+        encoder = torch.load(shipped_encoder_file(), weights_only=True)
+        network = wf.parser.get_parsed_content("network")
+        assert all(torch.equal(v.float(), network.encoder.state_dict()[k].float()) for k, v in encoder.items())
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -33,7 +33,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),  # the one error type and its reporting: needs nothing of the package
     ("utils",),  # atomic files, precision, weights and checkpoints, config checks, the class table
-    ("data", "networks", "losses", "transforms", "cohort"),  # building blocks, independent of each other
+    ("data", "networks", "losses", "transforms", "cohort", "release"),  # building blocks, independent of each other
     ("engines", "handlers", "evaluation", "inference", "distributed"),  # training, validation, scoring
     ("bundle_runner",),  # runs the bundle's configs
     ("function", "label", "demo", "bundle_export"),  # applications that run the bundle

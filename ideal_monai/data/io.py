@@ -314,12 +314,13 @@ def check_same_grid(image: MetaTensor, label: MetaTensor) -> None:
 
 
 def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLike, target: str | os.PathLike,
-                    dtype=np.uint8, check_shape: bool = True) -> Path:
+                    dtype=np.uint8, check_shape: bool = True, description: str | None = None) -> Path:
     """Write ``label`` ``(X, Y, Z[, T][, C])`` as NIfTI with the reference file's exact grid, atomically.
 
     The affine and header of ``reference`` (any supported format) are reused, so the output has the
     same shape, affine and orientation as the input; the data type is set to ``dtype``. Extra
     trailing axes (e.g. class probabilities ``(X, Y, Z, C)``) are allowed after the reference's.
+    ``description`` (ASCII, cut to the header's 79 characters) replaces the header's ``descrip``: what made it.
 
     Raises:
         ValueError: with ``check_shape``, when ``label``'s leading axes differ from the reference's
@@ -342,6 +343,8 @@ def save_label_like(label: np.ndarray | torch.Tensor, reference: str | os.PathLi
     else:
         affine = np.asarray(_load_sitk(reference).meta["original_affine"])
         img = nib.Nifti1Image(arr, affine)
+    if description is not None:
+        img.header["descrip"] = description[:79].encode("ascii", "replace")
     # nibabel picks compression from the name: the temporary file must end like the target.
     with atomic_path(target, suffix=".nii" if target.name.lower().endswith(".nii") else ".nii.gz") as tmp:
         nib.save(img, str(tmp))

@@ -72,6 +72,8 @@ def write_reports(out: Path, report: dict, units: Mapping[str, str]) -> None:
 
     voxel = any(e.get("unit") == "voxels" for e in report["patients"])
     lines = ["# Cardiac function", ""]
+    if report.get("model"):
+        lines += [f"Segmented by the model {report['model']}.", ""]
     if voxel:
         lines += ["> **VOXEL UNITS.** The images' headers carry unit spacing (1 x 1 x 1), i.e. no real voxel size. "
                   "Volumes are voxel counts and the mass is voxels x density: **they are not mL or g**. Ejection "

@@ -37,6 +37,7 @@ from ..cohort import Cohort, outputs_state
 from ..data.io import load_volume, read_shape, strip_image_suffix
 from ..errors import IdealInputError, close_before_errors
 from ..inference import inference_fingerprint
+from ..release import model_label
 from ..utils.atomic import atomic_write_text
 from .agreement import agreement_table
 from .clinical import indexed_values, max_wall_thickness_mm, patient_body
@@ -365,8 +366,9 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
     bar.close()
     status = cohort.finish()
     failed = status["failures"]
-    report = write_cohort_report(out, data, pred_dir, classes, float(myocardial_density), ranges, patients, status) \
-        if cohort.rank == 0 else {}
+    model = model_label(overrides["model_path"]) if not prediction_dir and overrides.get("model_path") else None
+    report = write_cohort_report(out, data, pred_dir, classes, float(myocardial_density), ranges, patients, status,
+                                 model) if cohort.rank == 0 else {}
     cohort.barrier()  # no process exits (torchrun would stop the others) before rank 0 has written the report
     if failed and exit_on_failure:
         raise SystemExit(1)
@@ -374,8 +376,10 @@ def run_function(dataset_dir: str, output_dir: str, prediction_dir: str = "", la
 
 
 def write_cohort_report(out: Path, data: Path, pred_dir: Path, classes: Mapping[str, int], density: float,
-                        ranges: Sequence[Mapping], patients: Sequence[dict], status: Mapping) -> dict:
-    """The report of every patient, merged from ``patients/<id>.json`` and the cohort's status; print its summary."""
+                        ranges: Sequence[Mapping], patients: Sequence[dict], status: Mapping,
+                        model: str | None = None) -> dict:
+    """The report of every patient, merged from ``patients/<id>.json`` and the cohort's status; print its summary.
+    ``model``: the label of the model that segmented (``None``: the labels of ``pred_dir`` were given)."""
     from ..errors import print_error
 
     reasons = {c["case_id"]: c["reason"] or "not computed in this run" for c in status["cases"] if c["status"] != "done"}
@@ -388,7 +392,7 @@ def write_cohort_report(out: Path, data: Path, pred_dir: Path, classes: Mapping[
             entries.append(json.loads((out / "patients" / f"{pid}.json").read_text(encoding="utf-8")))
     with_ref = [e for e in entries if e.get("auto") and e.get("reference")]
     names = list(INDEX_NAMES)
-    report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "classes": dict(classes),
+    report = {"dataset_dir": str(data), "prediction_dir": str(pred_dir), "model": model, "classes": dict(classes),
               "myocardial_density": density, "reference_ranges": ranges, "patients": entries, "agreement": None}
     units = report_units(next((e.get("unit") for e in entries if e.get("unit")), None), density)
     if with_ref:

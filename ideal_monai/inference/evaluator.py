@@ -17,17 +17,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.engines import Evaluator
 from monai.transforms import Invertd
 
-from ..cohort import Cohort, file_sha256, status_line
+from ..cohort import Cohort, status_line
 from ..errors import OutputError, debug_enabled, find_input_error, print_error
 from ..data.dicom import dicom_series_as_nifti, release_nifti_copy
 from ..data.discovery import discover_cases
-from ..data.io import read_shape, save_label_like, strip_image_suffix, volume_shape
+from ..data.io import NIFTI_SUFFIXES, image_suffix, read_shape, save_label_like, strip_image_suffix, volume_shape
 from ..networks import stream_disagreement
+from ..utils.checksums import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +133,9 @@ class SegmentationEvaluator(Evaluator):
         save_uncertainty: also write ``<case_id>_uncertainty.nii.gz`` (float32 stream disagreement).
         save_probabilities: also write ``<case_id>_probs.nii.gz`` (float32, classes on the last axis).
         val_handlers: Ignite handlers (progress bar, stats).
+        model_label: names the model in each output's NIfTI ``descrip`` (``model <label>``; after the
+            series' ``SeriesInstanceUID <uid>`` for a DICOM series), e.g.
+            :func:`ideal_monai.release.model_label` of the weights.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class SegmentationEvaluator(Evaluator):
         save_probabilities: bool = False,
         val_handlers: Sequence | None = None,
         amp: bool = False,
+        model_label: str = "",
     ) -> None:
         super().__init__(device=device, val_data_loader=val_data_loader, val_handlers=val_handlers, amp=amp,
                          decollate=False)
@@ -156,6 +162,7 @@ class SegmentationEvaluator(Evaluator):
         self.output_dir = Path(output_dir)
         self.save_uncertainty = save_uncertainty
         self.save_probabilities = save_probabilities
+        self.model_label = model_label
         self.state.failures = []
         self.state.outputs = []
         self._invert_linear = Invertd(keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False)
@@ -208,9 +215,22 @@ class SegmentationEvaluator(Evaluator):
         results = [self._segment_frame(image_path, f) for f in frames]
         stacked = {k: (results[0][k] if frames == [None] else np.stack([r[k] for r in results], axis=3))
                    for k in results[0]}
+        description = self._description(image_path)
         for key, path in paths.items():
-            save_label_like(stacked[key], image_path, path, dtype=np.uint8 if key == "label" else np.float32)
+            save_label_like(stacked[key], image_path, path, dtype=np.uint8 if key == "label" else np.float32,
+                            description=description)
         return paths
+
+    def _description(self, image_path: Path) -> str | None:
+        """The outputs' NIfTI ``descrip``: the series (a DICOM series' NIfTI copy names it) then the model."""
+        if not self.model_label:
+            return None
+        parts = [f"model {self.model_label}"]
+        if image_suffix(image_path) in NIFTI_SUFFIXES:
+            own = nib.load(str(image_path)).header["descrip"].tobytes().split(b"\0")[0].decode("ascii", "replace")
+            if own.startswith("SeriesInstanceUID "):
+                parts.insert(0, own)
+        return "; ".join(parts)
 
     def _iteration(self, engine: SegmentationEvaluator, batchdata: list[dict]) -> dict:
         """Segment the batch's files; ``state.output``: ``{"written": [paths], "cases": [{"case_id", "status"

@@ -7,7 +7,8 @@ stream-disagreement active learning), with this bundle in ``model/ideal/``::
 
     <output_dir>/main.py, lib/, ...          the sample app (main.py replaced)
     <output_dir>/model/ideal/configs/*.json  the bundle configs (with the given overrides)
-    <output_dir>/model/ideal/models/model.pt the given weights (or freshly initialised ones)
+    <output_dir>/model/ideal/models/model.pt the given weights, else the shipped model (or freshly initialised
+                                             weights where the overrides change the network)
 
 Start it with::
 
@@ -19,7 +20,6 @@ Start it with::
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -57,62 +57,35 @@ def find_sample_app(name: str = "monaibundle") -> Path:
                                         f"(run 'monailabel apps --download --name {name} --output <dir>')")
 
 
-def _parse_value(value):
-    """CLI values arrive as Python objects from fire; strings that look like JSON lists are parsed."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, tuple):
-        return list(value)
-    return value
+#: Config keys that change the network: with one of them overridden the shipped weights cannot serve the app.
+NETWORK_KEYS = ("features", "num_streams", "decoder_width", "num_classes")
 
 
-def _apply_overrides(configs_dir: Path, overrides: dict) -> None:
-    """Set top-level keys in train.json / inference.json (each key must exist in at least one)."""
-    files = {n: configs_dir / n for n in ("train.json", "inference.json")}
-    configs = {n: json.loads(p.read_text()) for n, p in files.items()}
-    for key, value in overrides.items():
-        value = _parse_value(value)
-        hit = False
-        for cfg in configs.values():
-            if key in cfg and not isinstance(cfg[key], dict):
-                cfg[key] = value
-                hit = True
-        if not hit:
-            raise IdealInputError(key, "not a top-level value key of train.json or inference.json")
-    for n, p in files.items():
-        p.write_text(json.dumps(configs[n], indent=4) + "\n")
-    if "patch_size" in overrides:
-        meta_path = configs_dir / "metadata.json"
-        meta = json.loads(meta_path.read_text())
-        fmt = meta["network_data_format"]
-        for section in ("inputs", "outputs"):
-            for item in fmt[section].values():
-                item["spatial_shape"] = list(_parse_value(overrides["patch_size"]))
-        meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-
-
-def _write_weights(bundle: Path, model_path: str | None, seed: int = 0) -> Path:
-    """Copy ``model_path`` (checked against the app's ``network_def``) or write initial weights."""
+def _write_weights(bundle: Path, model_file: Path | None, seed: int = 0) -> Path:
+    """Copy ``model_file`` (checked against the app's ``network_def``) and the settings recorded beside it,
+    or write freshly initialised weights (``model_file`` None)."""
     import torch
     from monai.bundle import ConfigParser
 
+    from ..release import SETTINGS_FILE
     from ..utils import atomic_save_torch, load_model_weights
 
+    target = bundle / "models" / "model.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser["bundle_root"] = str(bundle)
+    parser["model_settings"] = {}  # the app's configs hold the values: the weights must fit them
     torch.manual_seed(seed)
     network = parser.get_parsed_content("network_def", instantiate=True)
-    target = bundle / "models" / "model.pt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if model_path:
-        load_model_weights(network, model_path)  # refuses weights that do not fit network_def
-        shutil.copyfile(model_path, target)
+    if model_file is not None:
+        load_model_weights(network, model_file)  # refuses weights that do not fit network_def
+        shutil.copyfile(model_file, target)
+        if (model_file.parent / SETTINGS_FILE).is_file():
+            shutil.copyfile(model_file.parent / SETTINGS_FILE, target.parent / SETTINGS_FILE)
     else:
-        logger.warning("no --model_path: %s holds untrained weights; train through MONAI Label first", target)
+        logger.warning("%s holds untrained weights (the overrides change the network, so the shipped model cannot "
+                       "serve it): train through MONAI Label first", target)
         atomic_save_torch({k: v.detach().cpu() for k, v in network.state_dict().items()}, target)
     return target
 
@@ -123,14 +96,18 @@ def make_label_app(output_dir: str | os.PathLike, model_path: str | None = None,
 
     Args:
         output_dir: the app folder to create (must not exist or be empty, unless ``overwrite``).
-        model_path: a trained ``model.pt`` (flat state_dict of ``network_def``); without it the app
-            gets freshly initialised weights (MONAI Label only lists a bundle that has weights).
+        model_path: a trained ``model.pt`` (flat state_dict of ``network_def``); without it the model shipped
+            in the package, unless ``overrides`` change the network (``features``, ``num_streams``,
+            ``decoder_width``, ``num_classes``): then freshly initialised weights (MONAI Label only lists a
+            bundle that has weights). The settings recorded beside the weights (``model_settings.json``) are
+            written into the app's configs first, the ``overrides`` after them.
         overwrite: replace an existing non-empty ``output_dir``.
         overrides: top-level config values written into the app's copy of ``train.json`` and
             ``inference.json`` (e.g. ``features=[8,16,32,64,128]``, ``patch_size=[128,128]``,
             ``iterations_per_epoch=10``); ``patch_size`` also updates ``metadata.json``.
     """
-    from ..bundle_runner import bundle_dir
+    from ..bundle_runner import bundle_dir, write_config_values
+    from ..release import model_settings, shipped_model_file
 
     out = Path(output_dir)
     if model_path is not None and not Path(model_path).is_file():
@@ -147,7 +124,15 @@ def make_label_app(output_dir: str | os.PathLike, model_path: str | None = None,
     src = bundle_dir()
     shutil.copytree(src, bundle, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "models", "runs", "predictions", "data"),
                     dirs_exist_ok=True)
+    if model_path is not None:
+        model_file = Path(model_path)
+    elif any(key in overrides for key in NETWORK_KEYS):
+        model_file = None
+    else:
+        model_file = shipped_model_file()
+    if model_file is not None:
+        write_config_values(bundle / "configs", model_settings(model_file))
     if overrides:
-        _apply_overrides(bundle / "configs", overrides)
-    _write_weights(bundle, model_path)
+        write_config_values(bundle / "configs", overrides)
+    _write_weights(bundle, model_file)
     return out

@@ -62,9 +62,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 
 def atomic_save_torch(obj, target: str | os.PathLike) -> None:
-    """``torch.save(obj, target)`` atomically."""
-    with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save(obj, target)`` atomically.
+
+    Saved through a file object: torch names the archive inside after a *path*'s file name, which here
+    would be the random temporary one, so the same weights would give different bytes (and checksums)."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def atomic_write_text(text: str, target: str | os.PathLike) -> None:

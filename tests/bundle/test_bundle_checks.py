@@ -38,8 +38,12 @@ def _monai_bundle(args: list[str], cwd: Path) -> str:
 
 
 def _network_def(config: str, **override) -> torch.nn.Module:
+    """``network_def`` of ``config`` at its defaults: for a run config that reads the settings of the model it
+    loads (inference), those of a model that recorded none."""
     parser = ConfigParser()
     parser.read_config(CONFIGS / config)
+    if "model_path" in parser.config:
+        parser["model_settings"] = {}
     parser.update(override)
     return parser.get_parsed_content("network_def")
 
@@ -189,7 +193,7 @@ def test_channels_last_key_sets_the_memory_order_and_keeps_the_outputs(config, t
     overrides = {"bundle_root": str(tmp_path), "features": SMALL, "use_pretrained": False}
     if config == "inference.json":
         model = tmp_path / "model.pt"
-        torch.save(_network_def(config, features=SMALL).state_dict(), model)
+        torch.save(_network_def(config, features=SMALL).state_dict(), model)  # no model_settings.json beside it
         del overrides["use_pretrained"]
         overrides["model_path"] = str(model)
     nets = {}

@@ -24,8 +24,6 @@ from ideal_monai.utils.precision import resolve_precision
 
 CONFIGS = Path(__file__).resolve().parents[2] / "bundle" / "configs"
 PROFILE = ["--patch_size", "[64, 64]", "--target_spacing", "[4.0, 4.0]", "--seed", "0"]
-#: Largest validation Dice difference between a bfloat16 and a float32 fine-tuning of this setting.
-PRECISION_TOLERANCE = 0.03
 
 
 def _bundle(run_id: str, config: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -87,42 +85,15 @@ def test_finetune_reaches_dice_on_phantoms_and_writes_models(trained):
     assert lam[0] < 0.05 and lam[-1] > 0.9
 
 
-@pytest.fixture(scope="module")
-def trained_fp32(trained, tmp_path_factory):
-    """The same fine-tuning (same encoder, seed, data order and steps) with ``--precision fp32``.
-
-    ``None`` where ``auto`` already trained in float32 (a CPU without bf16 units): the second run
-    would repeat the first step for step, and it was almost half of this module's time on such a CPU.
-    """
-    if resolve_precision("auto", "cpu") == "fp32":
-        return None
-    root = tmp_path_factory.mktemp("e2e_fp32") / "bundle_root"
-    (root / "models").mkdir(parents=True)
-    (root / "models" / "pretrained_encoder.pt").write_bytes(trained["pretrained"])
-    data = trained["root"].parent / "data"
-    proc = _bundle("finetune", "train.json", trained["cwd"], "--bundle_root", str(root), "--dataset_dir", str(data),
-                   *PROFILE, "--num_labeled", "3", "--num_val", "2", "--max_epochs", "4", "--iterations_per_epoch", "70",
-                   "--batch_size_labeled", "8", "--learning_rate", "0.05", "--batch_size_unlabeled", "8",
-                   "--val_interval", "2", "--precision", "fp32")
-    return {"root": root, "log": proc.stdout + proc.stderr}
-
-
-def test_default_precision_matches_fp32_quality_without_nan(trained, trained_fp32):
-    """The configs' ``precision: auto`` (bfloat16 on CPUs with bf16 units) trains as well as float32."""
+def test_default_precision_trains_without_nan_to_the_expected_quality(trained):
+    """The configs' ``precision: auto`` picks bfloat16 on CPUs with bf16 units (float32 elsewhere) and trains
+    to the quality this setting reaches in float32. The bf16-against-fp32 comparison itself (3 seeds) is a
+    benchmark (``docs/history/BENCHMARKS.md``, "Precision"): a second fine-tuning here doubled this module's time."""
     auto = read_scalars(trained["root"] / "runs" / "finetune")
-    if trained_fp32 is None:  # no bf16 units: auto must have chosen float32, which is the reference itself
-        assert "TwoStreamTrainer: precision fp32 (configured 'auto')" in trained["log"]
-        assert all(np.isfinite(v) for _, v in auto["loss"]) and auto["val_mean_dice"][-1][1] > 0.8
-        return
-    assert "TwoStreamTrainer: precision bf16 (configured 'auto')" in trained["log"]
-    fp32 = read_scalars(trained_fp32["root"] / "runs" / "finetune")
-    assert "precision fp32" in trained_fp32["log"]
-    for series in (auto, fp32):
-        assert all(np.isfinite(v) for _, v in series["loss"])
-    dice_auto, dice_fp32 = auto["val_mean_dice"][-1][1], fp32["val_mean_dice"][-1][1]
-    assert dice_fp32 > 0.8 and dice_auto > 0.8, (dice_auto, dice_fp32)
-    # Measured on this setting (3 seeds): |bf16 - fp32| <= TOLERANCE; see docs/history/BENCHMARKS.md "Precision".
-    assert abs(dice_auto - dice_fp32) <= PRECISION_TOLERANCE, (dice_auto, dice_fp32)
+    chosen = resolve_precision("auto", "cpu")
+    assert f"TwoStreamTrainer: precision {chosen} (configured 'auto')" in trained["log"]
+    assert all(np.isfinite(v) for _, v in auto["loss"])
+    assert auto["val_mean_dice"][-1][1] > 0.8, auto["val_mean_dice"]
 
 
 def test_ema_weights_are_written_and_differ_from_the_final_ones(trained):
