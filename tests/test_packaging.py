@@ -103,6 +103,10 @@ def test_wheel_ships_the_bundle_without_run_outputs(wheel):
     # the product only: the studies and benchmarks stay in the checkout
     assert not [n for n in names if "benchmarks" in n.split("/")[:2]]
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"ideal_monai"}
+    # the shipped model, its settings and card, and the shipped encoder (ideal_monai.release)
+    release = {p.relative_to(REPO).as_posix() for p in (REPO / "ideal_monai" / "release").iterdir() if p.is_file()}
+    assert {"ideal_monai/release/model.pt", "ideal_monai/release/pretrained_encoder.pt",
+            "ideal_monai/release/release.json", "ideal_monai/release/model_settings.json"} <= release <= names
 
 
 def test_installed_wheel_runs_away_from_the_checkout(venv, tmp_path):
@@ -150,6 +154,14 @@ def test_installed_wheel_runs_away_from_the_checkout(venv, tmp_path):
     for name in preds:
         a, b = (np.asarray(nib.load(work / d / name).dataobj) for d in ("pred_bundle", "pred_cli"))
         assert np.array_equal(a, b)
+
+    # A new user's first commands, no model argument and nothing trained: the shipped model segments, and
+    # function reports millilitres.
+    log = _run([cli, "infer", "--dataset_dir", "phantoms", "--output_dir", "pred_shipped"], work, env)
+    assert "the model is the shipped" in log and sorted(p.name for p in (work / "pred_shipped").glob("*.nii.gz")) == preds
+    _run([cli, "function", "--dataset_dir", "phantoms", "--output_dir", "function"], work, env)
+    report = json.loads((work / "function" / "function.json").read_text())
+    assert report["model"] and report["patients"][0]["unit"] == "mL"
 
     # The demo from the wheel alone (no checkout on the path), a few iterations of each stage (two
     # fine-tuning epochs: the demo validates every second one, which writes model.pt): its

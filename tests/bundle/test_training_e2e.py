@@ -107,6 +107,9 @@ def test_ema_weights_are_written_and_differ_from_the_final_ones(trained):
     state = torch.load(models / "finetune_checkpoint.pt", weights_only=True)
     assert state["engine"]["iteration"] == 280 and int(state["ema"]["n_averaged"]) == 280  # one update per iteration
     assert not (models / "ema_checkpoint.pt").exists()
+    # what the weights depend on is recorded beside them, for inference to read
+    settings = json.loads((models / "model_settings.json").read_text())
+    assert settings["patch_size"] == [64, 64] and settings["target_spacing"] == [4.0, 4.0]
 
 
 def test_function_run_on_a_4d_phantom_with_the_trained_model(trained, tmp_path):
