@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from ideal_monai.bundle_runner import bundle_dir
-from ideal_monai.label.app import _apply_overrides, _write_weights
+from ideal_monai.bundle_runner import bundle_dir, write_config_values
+from ideal_monai.networks import DualDecoderUNet
 from ideal_monai.label.scoring import DisagreementScorer, heart_disagreement
 
 
@@ -23,11 +23,18 @@ def test_heart_disagreement_mean_inside_predicted_heart():
     assert heart_disagreement(torch.cat([probs, dis]))["score"] == pytest.approx(0.275)
 
 
+def _small_bundle(bundle):
+    """A copy of the configs at a small width, with untrained weights of that network."""
+    shutil.copytree(bundle_dir() / "configs", bundle / "configs")
+    write_config_values(bundle / "configs", {"features": [4, 8, 16, 32, 64], "patch_size": [64, 64]})
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(DualDecoderUNet(features=[4, 8, 16, 32, 64]).state_dict(), bundle / "models" / "model.pt")
+
+
 def test_scorer_on_bundle_copy(tmp_path, synthetic_dataset):
     bundle = tmp_path / "ideal"
-    shutil.copytree(bundle_dir() / "configs", bundle / "configs")
-    _apply_overrides(bundle / "configs", {"features": [4, 8, 16, 32, 64], "patch_size": [64, 64]})
-    _write_weights(bundle, None)
+    _small_bundle(bundle)
     scorer = DisagreementScorer(bundle, device="cpu")
     image = next(synthetic_dataset.glob("patient*/patient*_frame01.nii.gz"))
     result = scorer.score(image)
@@ -40,9 +47,7 @@ def test_scorer_scores_a_4d_cine_over_its_frames(tmp_path):
     from ideal_monai.data.synthetic import write_synthetic_dataset
 
     bundle = tmp_path / "ideal"
-    shutil.copytree(bundle_dir() / "configs", bundle / "configs")
-    _apply_overrides(bundle / "configs", {"features": [4, 8, 16, 32, 64], "patch_size": [64, 64]})
-    _write_weights(bundle, None)
+    _small_bundle(bundle)
     write_synthetic_dataset(tmp_path / "data", num_cases=1, seed=3, with_cine=True, num_frames=3)
     scorer = DisagreementScorer(bundle, device="cpu")
     result = scorer.score(tmp_path / "data" / "patient001" / "patient001_4d.nii.gz")
