@@ -38,6 +38,12 @@ def test_card_describes_the_shipped_files_and_the_bundle_metadata_carries_its_sc
     meta = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())
     assert {k: v for k, v in meta["eval_metrics"].items() if k != "note"} == card["eval_metrics"]
     assert card["version"] in meta["eval_metrics"]["note"]
+    # the model card in the bundle docs shows the card's scores
+    text = (REPO / "bundle" / "docs" / "README.md").read_text()
+    assert f"**`{card['name']}` {card['version']}**" in text
+    metrics = card["eval_metrics"]
+    assert f"**{metrics['mean_dice']:.3f}**" in text
+    assert " | ".join(f"{metrics['dice'][c]:.3f}" for c in ("RV", "MYO", "LV")) in text
     # a release artefact, not a study checkpoint: well under 10 MB together
     assert sum((release.RELEASE_DIR / e["file"]).stat().st_size for e in card["files"].values()) < 12e6
 
