@@ -62,7 +62,7 @@ def test_metadata_fields(meta):
     assert meta["required_packages_version"]["ideal-monai"] == importlib.metadata.version("ideal-monai")
     for pkg in ("nibabel", "SimpleITK", "pytorch-ignite", "tensorboard"):
         assert pkg in meta["required_packages_version"]
-    # Numbers must not be claimed in metadata: they live in docs/RESULTS.md.
+    # eval_metrics are the shipped model's (tests/release), and say where they were measured.
     assert "docs/RESULTS.md" in json.dumps(meta["eval_metrics"])
     # Strings starting with $ / @ / % would be evaluated when the metadata is merged into a config as _meta_.
     def strings(x):
