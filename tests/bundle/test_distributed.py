@@ -143,7 +143,9 @@ def test_ranks_train_on_disjoint_shards(runs):
 def test_one_checkpoint_and_rank0_logs_that_load_into_network_def(runs):
     pre, ft = runs["root"] / "pre2", runs["root"] / "ft2"
     assert sorted(p.name for p in (pre / "models").iterdir()) == ["pretrain_checkpoint.pt", "pretrained_encoder.pt"]
-    assert sorted(p.name for p in (ft / "models").iterdir()) == ["finetune_checkpoint.pt", "model.pt", "model_ema.pt", "model_final.pt"]
+    assert sorted(p.name for p in (ft / "models").iterdir()) == ["finetune_checkpoint.pt", "model.pt", "model_ema.pt",
+                                                                 "model_final.pt", "model_settings.json"]
+    assert json.loads((ft / "models" / "model_settings.json").read_text())["features"] == [4, 8, 8, 8, 8]
     for folder, single in ((pre / "runs" / "pretrain", runs["root"] / "pre1" / "runs" / "pretrain"),
                            (ft / "runs" / "finetune", runs["root"] / "ft1" / "runs" / "finetune")):
         events = sorted(folder.glob("events.out.tfevents.*"))
