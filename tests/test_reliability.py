@@ -388,7 +388,10 @@ class WriterFault:
     def install(self, monkeypatch) -> None:
         def failing(real):
             def writer(obj, target, *args, **kwargs):
-                Path(target).write_bytes(b"partial")  # half a file, as a real full disk leaves
+                if hasattr(target, "write"):  # torch.save into an open file
+                    target.write(b"partial")  # half a file, as a real full disk leaves
+                else:
+                    Path(target).write_bytes(b"partial")
                 raise OSError(self.err, os.strerror(self.err))
             return writer
 

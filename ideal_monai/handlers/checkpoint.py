@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ..errors import IdealInputError
+from ..release import write_model_settings
 from ..utils.atomic import atomic_save_torch, remove_stale_temporaries
 from ..utils.weights import is_rank0, load_checkpoint_file, load_state_dict_checked, unwrap
 
@@ -37,10 +38,14 @@ class ModelSaver:
             ``"iterations"`` (every ``every`` iterations: snapshots for convergence curves), or
             ``"best"`` (attach to an evaluator: saves when its key metric improved this epoch).
         every: the iteration interval of ``when="iterations"``.
+        model_settings: the settings the weights depend on (patch size, spacing, network widths; see
+            :mod:`ideal_monai.release`), written beside them as ``model_settings.json`` with every save, so
+            inference reads the weights at their own geometry. Only saved weights bring it: a run that fails
+            before its first save leaves nothing behind.
     """
 
     def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt",
-                 when: str = "completed", every: int = 0):
+                 when: str = "completed", every: int = 0, model_settings: Mapping | None = None):
         if when not in ("completed", "epoch", "iterations", "best"):
             raise ValueError(f"when must be 'completed', 'epoch', 'iterations' or 'best', got {when!r}")
         if when == "iterations" and not int(every) > 0:
@@ -50,6 +55,7 @@ class ModelSaver:
         self.network = network
         self.when = when
         self.every = int(every)
+        self.model_settings = dict(model_settings) if model_settings else None
 
     @property
     def path(self) -> Path:
@@ -79,6 +85,8 @@ class ModelSaver:
         iteration = engine.state.iteration if engine is not None else 0
         path = self.save_dir / self.filename.format(iteration=iteration)
         atomic_save_torch(state, path)
+        if self.model_settings:
+            write_model_settings(self.save_dir, self.model_settings)
         logger.log(log_level, "saved %s", path)
 
 

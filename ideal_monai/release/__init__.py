@@ -4,8 +4,8 @@ A segmentation network only segments well with the geometry it was trained at (p
 spacing) and only loads into the architecture it was trained as (features, streams, decoder widths).
 Those *model settings* travel with the weights, as ``model_settings.json`` in the weights' folder:
 
-- ``finetune`` writes ``<bundle_root>/models/model_settings.json`` when it starts, for every weights file
-  it saves there (``model.pt``, ``model_final.pt``, ``model_ema.pt``);
+- ``finetune`` writes ``<bundle_root>/models/model_settings.json`` with the weights it saves there
+  (``model.pt``, ``model_final.pt``, ``model_ema.pt``: the ``ModelSaver`` handlers);
 - this package's ``release/`` folder holds the shipped ``model.pt``, its ``model_settings.json``, the
   shipped ``pretrained_encoder.pt`` and ``release.json`` (the model card's numbers: name, version,
   SHA-256 of each file, how it was trained, its validation scores).
@@ -123,7 +123,7 @@ def model_settings(model_path: str | os.PathLike | None) -> dict:
 def write_model_settings(ckpt_dir: str | os.PathLike, settings: dict) -> Path:
     """Write ``<ckpt_dir>/model_settings.json`` (atomically) for the weights training saves in ``ckpt_dir``.
 
-    Called by ``train.json`` before the first step; on ranks other than 0 it writes nothing.
+    :class:`~ideal_monai.handlers.ModelSaver` calls it with each save; on ranks other than 0 it writes nothing.
     """
     from ..utils import atomic_write_text, is_rank0
 
