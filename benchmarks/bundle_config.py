@@ -34,6 +34,11 @@ def bundle_config(run_id: str, overrides: Mapping[str, Any] | None = None) -> Co
     """
     parser = ConfigParser()
     parser.read_config(str(config_path(run_id)))
+    given = set(overrides or {})
+    if "model_settings" in parser.config and not given & {"model_settings", "model_path", "bundle_root"}:
+        # No model named: the configs' own defaults, not those of the shipped model that inference would fall
+        # back to, so that a benchmark's network and geometry are what it states.
+        parser["model_settings"] = {}
     if overrides:
         parser.update(dict(overrides))
     return parser

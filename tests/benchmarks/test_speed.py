@@ -108,3 +108,11 @@ def test_precision_row_times_bf16_against_fp32_even_where_auto_picks_fp32(monkey
     assert [b[0] for b in built] == [compared, "fp32"]
     assert built[0][1:] == ((12, 1, 128, 128), (4, 1, 128, 128), [1.0, 0.5])  # the CPU profile's step
     assert comp.target == target and comp.title.startswith(f"CPU-profile fine-tuning step, {compared} vs fp32")
+
+
+def test_inference_config_without_a_model_is_the_configs_default_network_not_the_shipped_one():
+    """Inference falls back to the shipped model and its settings; a benchmark that names no model times the
+    configs' own defaults (the same network the training config builds), whatever model ships."""
+    infer, train = bundle_config("inference", CPU), bundle_config("finetune", CPU)
+    for key in ("patch_size", "target_spacing", "features", "num_streams", "decoder_width"):
+        assert infer.get_parsed_content(key) == train.get_parsed_content(key), key
