@@ -169,7 +169,6 @@ def label_server(app: str, studies: str, host: str = "127.0.0.1", port: int = 80
 def bundle(output_dir: str, model_path: str | None = None) -> None:
     """Write a standalone copy of the bundle (configs, docs, LICENSE, models/model.pt) in the model-zoo layout."""
     from .bundle_export import export_bundle
-
     from .release import model_label, shipped_model_file
 
     out = export_bundle(output_dir, model_path=model_path)
