@@ -65,13 +65,12 @@ def _large_files_yml(model_file: Path) -> str:
             f"    hash_val: \"{file_sha256(model_file)}\"\n    hash_type: \"sha256\"\n")
 
 
-def _set_eval_metrics(configs: Path, model_file: Path) -> None:
-    """``metadata.json``'s ``eval_metrics``: the shipped model's validation numbers, or a note for other weights."""
+def _note_unknown_eval_metrics(configs: Path) -> None:
+    """``metadata.json``'s ``eval_metrics`` hold the shipped model's numbers: for other weights, a note instead."""
     meta_path = configs / "metadata.json"
     meta = json.loads(meta_path.read_text())
-    if not is_shipped(model_file):
-        meta["eval_metrics"] = {"note": "models/model.pt was given at export; its scores are not recorded in this "
-                                        "bundle. Measure them with the inference and evaluate run ids."}
+    meta["eval_metrics"] = {"note": "models/model.pt was given at export; its scores are not recorded in this "
+                                    "bundle. Measure them with the inference and evaluate run ids."}
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
 
 
@@ -118,14 +117,14 @@ def export_bundle(output_dir: str | os.PathLike, model_path: str | os.PathLike |
                 shutil.copytree(src / part, tmp / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             else:
                 shutil.copy2(src / part, tmp / part)
-        if settings:
-            write_config_values(tmp / "configs", settings)
         (tmp / "models").mkdir()
         shutil.copyfile(model_file, tmp / "models" / MODEL_NAME)
         if settings:
+            write_config_values(tmp / "configs", settings)
             shutil.copyfile(model_file.parent / SETTINGS_FILE, tmp / "models" / SETTINGS_FILE)
         (tmp / "large_files.yml").write_text(_large_files_yml(model_file))
-        _set_eval_metrics(tmp / "configs", model_file)
+        if not is_shipped(model_file):
+            _note_unknown_eval_metrics(tmp / "configs")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes a 0700 folder; give it a plain mkdir's mode
         if target.is_dir():
             target.rmdir()  # the empty folder the user made for it
